@@ -1,0 +1,19 @@
+rule aggregate:
+    """One row per (cell, evaluation point), with intervals, provenance and a figure."""
+    input:
+        metrics=cell_outputs("metrics.parquet"),
+        completions=cell_outputs("completions.parquet"),
+    output:
+        results=res("results.parquet"),
+        completions=res("completions.parquet"),
+        figure=res("figures/backdoor_vs_tokens.png"),
+    log:
+        res("logs/aggregate.log"),
+    params:
+        provenance={"config_hash": sg_config.config_hash(CFG)},
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../workflow/scripts/aggregate.py"

