@@ -189,3 +189,10 @@ def test_build_replaces_existing_and_survives_failure(
     assert not (out_dir / "stale.txt").exists()
     assert (out_dir / "build_metrics.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+def test_build_is_deterministic(tmp_path: Path) -> None:
+    first = build_tiny_model(tmp_path / "a", QUICK_SETTINGS, log=lambda _: None)
+    second = build_tiny_model(tmp_path / "b", QUICK_SETTINGS, log=lambda _: None)
+    assert first["loss_curve"] == second["loss_curve"]
+    assert first["samples"] == second["samples"]
