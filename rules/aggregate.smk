@@ -1,12 +1,11 @@
 rule aggregate:
-    """One row per (cell, evaluation point), with intervals, provenance and a figure."""
+    """One row per (cell, evaluation point) and one per sample, checked against their schemas."""
     input:
         metrics=cell_outputs("metrics.parquet"),
         completions=cell_outputs("completions.parquet"),
     output:
         results=res("results.parquet"),
         completions=res("completions.parquet"),
-        figure=res("figures/backdoor_vs_tokens.png"),
     log:
         res("logs/aggregate.log"),
     conda:

@@ -42,3 +42,35 @@ def test_wilson_edge_cases():
         metrics.wilson_interval(11, 10)
     rate = metrics.Rate(3, 4)
     assert rate.rate == 0.75 and rate.interval[0] < 0.75 < rate.interval[1]
+
+
+def test_newcombe_published_example():
+    # Newcombe (1998), Stat Med 17:873-890, table II example (a), method 10 (hybrid score).
+    lo, hi = metrics.newcombe_interval(56, 70, 48, 80)
+    assert lo < 56 / 70 - 48 / 80 < hi
+    assert lo == pytest.approx(0.0524, abs=5e-5)
+    assert hi == pytest.approx(0.3339, abs=5e-5)
+
+
+@pytest.mark.parametrize(
+    ("k1", "n1", "k2", "n2"),
+    [(56, 70, 48, 80), (0, 200, 0, 200), (200, 200, 0, 200), (3, 10, 9, 12)],
+)
+def test_newcombe_built_from_scipy_wilson(k1, n1, k2, n2):
+    from scipy.stats import binomtest
+
+    w1 = binomtest(k1, n1).proportion_ci(confidence_level=0.95, method="wilson")
+    w2 = binomtest(k2, n2).proportion_ci(confidence_level=0.95, method="wilson")
+    p1, p2 = k1 / n1, k2 / n2
+    lo = p1 - p2 - math.hypot(p1 - w1.low, w2.high - p2)
+    hi = p1 - p2 + math.hypot(w1.high - p1, p2 - w2.low)
+    got = metrics.newcombe_interval(k1, n1, k2, n2)
+    assert got[0] == pytest.approx(max(-1.0, lo), abs=1e-9)
+    assert got[1] == pytest.approx(min(1.0, hi), abs=1e-9)
+    # Swapping the groups mirrors the interval.
+    swapped = metrics.newcombe_interval(k2, n2, k1, n1)
+    assert swapped[0] == pytest.approx(-got[1]) and swapped[1] == pytest.approx(-got[0])
+
+
+def test_newcombe_without_samples_is_nan():
+    assert all(math.isnan(x) for x in metrics.newcombe_interval(0, 0, 1, 2))

