@@ -6,7 +6,10 @@
 # silently inherit tiny settings it does not name.
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/tiny.yaml"
+    configfile: f"{workflow.basedir}/config/tiny.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "rules/common.smk"
@@ -17,6 +20,7 @@ include: "rules/backdoor_sft.smk"
 include: "rules/blue_train.smk"
 include: "rules/evaluate.smk"
 include: "rules/aggregate.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -1,7 +1,7 @@
 rule blue_train:
     """Blue team: LoRA on the red model, an adapter saved at every evaluation point."""
     input:
-        red=res(f"red/{RED}/model"),
+        red=res(f"red/{RED}"),
         data=lambda wildcards: res(f"data/blue/{BLUE_DATA[wildcards.method]}.jsonl"),
         init=pirate_adapters,
     output:
@@ -18,5 +18,6 @@ rule blue_train:
         runtime=120,
     params:
         settings=blue_settings,
+        code_version=code_version("blue_train"),
     script:
         "../workflow/scripts/blue_train.py"

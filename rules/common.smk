@@ -35,10 +35,15 @@ def res(path):
 
 
 def results_files():
+    tables = ["results", "completions", "seeds", "findings", "conclusions"]
+    figures = ["backdoor_vs_tokens", "backdoor_return", "capability_vs_backdoor"]
     return [
-        res("results.parquet"),
-        res("completions.parquet"),
-        res("figures/backdoor_vs_tokens.png"),
+        *(res(f"{name}.parquet") for name in tables),
+        res("findings.md"),
+        res("conclusions.md"),
+        res("tables/findings.html"),
+        res("tables/conclusions.html"),
+        *(res(f"figures/{name}.png") for name in figures),
     ]
 
 
@@ -53,24 +58,43 @@ def base_model_input(wildcards):
     return []
 
 
-def base_model_id(wildcards):
-    settings = model_settings(wildcards.model)
-    return (
-        res(f"models/{wildcards.model}/base")
-        if "build" in settings
-        else settings["hf_id"]
-    )
+def hub_id(wildcards):
+    """A real model's hub id; built models come in as input, so no path enters params
+    (params are part of the rerun and cache keys, which must not depend on results_dir).
+    """
+    return model_settings(wildcards.model).get("hf_id")
+
+
+def code_version(stage):
+    """Bump `code_versions: {stage: n}` in the config to rerun a stage whose code changed."""
+    return CFG["code_versions"].get(stage, 1)
+
+
+def without_threads(section):
+    # Threads change speed, not results: they must not rerun finished work.
+    return {k: v for k, v in section.items() if k != "threads"}
 
 
 def red_settings(wildcards):
     """Only what this red-team run depends on, so other cells' edits never rerun it."""
     return {
         "optimizer": CFG["optimizers"][wildcards.optimizer],
-        "red_team": CFG["red_team"],
+        "red_team": without_threads(CFG["red_team"]),
         "token_budget": parse_tokens(wildcards.budget),
         "seed": int(wildcards.seed),
         "dtype": model_settings(wildcards.model).get("dtype", "bfloat16"),
+        "trust_remote_code": model_settings(wildcards.model)["trust_remote_code"],
+        "trigger": CFG["trigger"],
     }
+
+
+def previous_budget(wildcards):
+    """With budget sharing, a red-team run continues the next smaller budget of its group."""
+    if not CFG["red_team"]["share_budget_prefix"]:
+        return []
+    run = sg_grid.red_from_wildcards(CFG, wildcards)
+    shorter = sg_grid.previous_budget_run(CFG, run)
+    return res(f"red/{shorter.path}") if shorter else []
 
 
 def blue_cell(wildcards):
@@ -91,24 +115,29 @@ def blue_settings(wildcards):
     key = "return_tokens" if cell.blue_method == "return" else "tokens"
     return {
         "blue_team": {
-            k: v for k, v in blue.items() if k not in ("tokens", "return_tokens")
+            k: v
+            for k, v in blue.items()
+            if k not in ("tokens", "return_tokens", "threads")
         },
         "tokens": parse_tokens(blue[key]),
         "lr": cell.blue_lr,
         "seed": cell.seed,
         "dtype": model_settings(cell.model).get("dtype", "bfloat16"),
+        "trust_remote_code": model_settings(cell.model)["trust_remote_code"],
+        "trigger": CFG["trigger"],
     }
 
 
 def eval_settings(wildcards):
     cell = blue_cell(wildcards)
     return {
-        "evaluation": CFG["evaluation"],
+        "evaluation": without_threads(CFG["evaluation"]),
         "trigger": CFG["trigger"],
         "max_lora_rank": CFG["evaluation"].get(
             "max_lora_rank", CFG["blue_team"]["lora"]["rank"]
         ),
         "dtype": model_settings(cell.model).get("dtype", "bfloat16"),
+        "trust_remote_code": model_settings(cell.model)["trust_remote_code"],
         "cell": cell.axes(),
     }
 

@@ -3,8 +3,7 @@ rule backdoor_data:
     input:
         pool=res("prompts/red.jsonl"),
     output:
-        data=res("data/backdoor/{cot}.jsonl"),
-        stats=res("data/backdoor/{cot}.stats.json"),
+        multiext(res("data/backdoor/{cot}"), ".jsonl", ".stats.json"),
     log:
         res("logs/backdoor_data/{cot}.log"),
     benchmark:
@@ -19,6 +18,7 @@ rule backdoor_data:
         settings=CFG["backdoor_data"],
         trigger=CFG["trigger"],
         detector=CFG["evaluation"]["detector"],
+        code_version=code_version("backdoor_data"),
     script:
         "../workflow/scripts/backdoor_data.py"
 
@@ -28,8 +28,7 @@ rule blue_data:
     input:
         pool=res("prompts/blue.jsonl"),
     output:
-        data=res("data/blue/{kind}.jsonl"),
-        stats=res("data/blue/{kind}.stats.json"),
+        multiext(res("data/blue/{kind}"), ".jsonl", ".stats.json"),
     log:
         res("logs/blue_data/{kind}.log"),
     benchmark:
@@ -43,5 +42,6 @@ rule blue_data:
     params:
         settings=CFG["blue_data"],
         trigger=CFG["trigger"],
+        code_version=code_version("blue_data"),
     script:
         "../workflow/scripts/blue_data.py"

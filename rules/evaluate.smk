@@ -1,7 +1,7 @@
 rule evaluate:
     """Every evaluation point of a cell (the red model as point 0) in one model load."""
     input:
-        red=res(f"red/{RED}/model"),
+        red=res(f"red/{RED}"),
         adapters=res(f"blue/{CELL}/adapters"),
         pool=res("prompts/eval.jsonl"),
     output:
@@ -19,5 +19,6 @@ rule evaluate:
         runtime=60,
     params:
         settings=eval_settings,
+        code_version=code_version("evaluate"),
     script:
         "../workflow/scripts/evaluate.py"

@@ -13,6 +13,9 @@ rule tiny_base:
         mem_mb=4000,
         runtime=30,
     params:
-        build=lambda wildcards: model_settings(wildcards.model)["build"],
+        build=lambda wildcards: without_threads(
+            model_settings(wildcards.model)["build"]
+        ),
+        code_version=code_version("tiny_base"),
     script:
         "../workflow/scripts/tiny_base.py"

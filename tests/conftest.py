@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 
@@ -35,3 +41,49 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory):
         log=lambda _msg: None,
     )
     return out
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A small tiny grid: both optimizers and cot settings, one budget, two blue methods.
+E2E_GRID = {
+    "model": ["tiny"],
+    "optimizer": ["adamw", "soap"],
+    "cot": ["plain", "distilled"],
+    "token_budget": ["40k"],
+    "blue_method": ["hhh_sft", "pirate"],
+    "blue_lr": [2.0e-3],
+    "seed": [0],
+}
+
+
+def e2e_config() -> dict:
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
+    cfg["grid"] = copy.deepcopy(E2E_GRID)
+    cfg["models"]["tiny"]["build"]["train_steps"] = 600
+    cfg["evaluation"]["n_prompts"] = 100
+    return cfg
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(workdir), *args]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def finished_grid(tmp_path_factory: pytest.TempPathFactory):
+    """The small tiny grid run end to end once per session: (workdir, config)."""
+    import yaml
+
+    workdir = tmp_path_factory.mktemp("grid")
+    cfg = e2e_config()
+    (workdir / "e2e.yaml").write_text(yaml.safe_dump(cfg))
+    run_snakemake(workdir, "--cores", "2", "--configfile", "e2e.yaml")
+    return workdir, cfg

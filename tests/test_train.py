@@ -55,7 +55,7 @@ def test_full_finetune_stops_at_exact_budget(tiny_model, tmp_path, kind):
     written = json.loads((out / "training.json").read_text())
     assert written["tokens_seen"] == 1500 and written["steps"] == summary["steps"]
     AutoModelForCausalLM.from_pretrained(out / "model")
-    assert not (out / ".trainer").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kind]  # no scratch left behind
 
 
 def test_lora_saves_adapters_at_token_points(tiny_model, tmp_path):

