@@ -44,8 +44,21 @@ def assert_same_weights(a: Path, b: Path) -> None:
 def start(tiny_model: Path, out: Path, budget: int, kind: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, str(tiny_model), str(out), str(budget), kind, json.dumps(RUN)],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
+        [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            str(tiny_model),
+            str(out),
+            str(budget),
+            kind,
+            json.dumps(RUN),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
     )
     proc.stdin.write(json.dumps(RECORDS))
     proc.stdin.close()
@@ -65,8 +78,12 @@ def wait_for_checkpoint(scratch: Path, proc: subprocess.Popen, timeout: float = 
 
 def uninterrupted(tiny_model: Path, out: Path, budget: int, kind: str = "adamw") -> dict:
     return train.train_sft(
-        tiny_model, RECORDS, out, optimizer=optimizer_spec({"kind": kind, "lr": 1e-3}),
-        budget=budget, **RUN,
+        tiny_model,
+        RECORDS,
+        out,
+        optimizer=optimizer_spec({"kind": kind, "lr": 1e-3}),
+        budget=budget,
+        **RUN,
     )
 
 
@@ -111,8 +128,13 @@ def test_longer_budget_continued_from_shorter_equals_separate_run(tiny_model, tm
 
     def run(out: Path, budget: int, previous: Path | None = None) -> dict:
         return train.train_sft(
-            tiny_model, RECORDS, out, optimizer=optimizer_spec({"kind": kind, "lr": 1e-3}),
-            budget=budget, continue_from=previous, **shared,
+            tiny_model,
+            RECORDS,
+            out,
+            optimizer=optimizer_spec({"kind": kind, "lr": 1e-3}),
+            budget=budget,
+            continue_from=previous,
+            **shared,
         )
 
     short = run(tmp_path / "short", 1500)
