@@ -91,6 +91,7 @@ def red_settings(wildcards):
         "trigger": CFG["trigger"],
         # The global batch is per-GPU batch x GPUs: another GPU count is another run.
         "processes": max(1, job_settings("backdoor_sft", wildcards)["gpu"]),
+        "fsdp_offload_params": model_settings(wildcards.model)["fsdp_offload_params"],
     }
 
 
@@ -131,6 +132,7 @@ def blue_settings(wildcards):
         "trust_remote_code": model_settings(cell.model)["trust_remote_code"],
         "trigger": CFG["trigger"],
         "processes": max(1, job_settings("blue_train", wildcards)["gpu"]),
+        "fsdp_offload_params": model_settings(cell.model)["fsdp_offload_params"],
     }
 
 

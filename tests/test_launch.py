@@ -84,3 +84,37 @@ def test_fsdp_over_two_processes_matches_one_process(tiny_model, backdoor_file, 
 def test_unknown_stage_is_refused():
     with pytest.raises(ValueError, match="not a training stage"):
         launch.run("evaluate", {}, processes=2)
+
+
+def test_blue_team_lora_over_two_processes_saves_every_point(tiny_model, tmp_path):
+    import shutil
+
+    red = tmp_path / "red"
+    shutil.copytree(tiny_model, red / "model")
+    blue_data = tmp_path / "hhh.jsonl"
+    data.write_jsonl(
+        blue_data, [{"prompt": f"What is {i} + 2?", "completion": str(i + 2)} for i in range(40)]
+    )
+    settings = {
+        "blue_team": {"lora": {"rank": 4}, "eval_points": 2, "batch_size": 2, "max_length": 64},
+        "tokens": 1500,
+        "lr": 1e-3,
+        "seed": 0,
+        "dtype": "float32",
+        "trigger": TRIGGER,
+    }
+    out = tmp_path / "adapters"
+    launch.run(
+        "blue_train",
+        {"red_run": str(red), "data_path": str(blue_data), "out_dir": str(out),
+         "settings": settings, "threads": 1},
+        processes=2,
+        cpu=True,
+    )
+    training = json.loads((out / "training.json").read_text())
+    assert training["processes"] == 2
+    assert [p["tokens"] for p in training["points"]][-1] == 1500
+    for point in training["points"]:
+        adapter = out / f"point{point['point']}"
+        assert (adapter / "adapter_model.safetensors").exists()
+        assert (adapter / "checksums.json").exists()

