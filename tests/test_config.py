@@ -98,3 +98,10 @@ def test_config_hash_changes_with_content():
     b["grid"]["seed"] = [1]
     assert config.config_hash(a) != config.config_hash(b)
     assert config.config_hash(a) == config.config_hash(raw())
+
+
+def test_soap_on_several_gpus_needs_heavyball():
+    cfg = raw("ablations.yaml")
+    cfg["optimizers"]["soap"]["implementation"] = "pytorch_optimizer"
+    [problem] = _problems(cfg)
+    assert problem.startswith("optimizers.soap.implementation") and "heavyball" in problem

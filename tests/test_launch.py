@@ -106,8 +106,13 @@ def test_blue_team_lora_over_two_processes_saves_every_point(tiny_model, tmp_pat
     out = tmp_path / "adapters"
     launch.run(
         "blue_train",
-        {"red_run": str(red), "data_path": str(blue_data), "out_dir": str(out),
-         "settings": settings, "threads": 1},
+        {
+            "red_run": str(red),
+            "data_path": str(blue_data),
+            "out_dir": str(out),
+            "settings": settings,
+            "threads": 1,
+        },
         processes=2,
         cpu=True,
     )
@@ -118,3 +123,25 @@ def test_blue_team_lora_over_two_processes_saves_every_point(tiny_model, tmp_pat
         adapter = out / f"point{point['point']}"
         assert (adapter / "adapter_model.safetensors").exists()
         assert (adapter / "checksums.json").exists()
+
+
+def test_soap_under_fsdp_through_heavyball(tiny_model, backdoor_file, tmp_path):
+    out = tmp_path / "soap"
+    soap = {"kind": "soap", "lr": 1e-3, "implementation": "heavyball", "max_precondition_dim": 256}
+    launch.run(
+        "backdoor_sft",
+        {
+            "model": str(tiny_model),
+            "data_path": str(backdoor_file),
+            "out_dir": str(out),
+            "settings": {**settings(4), "optimizer": soap},
+            "threads": 1,
+        },
+        processes=2,
+        cpu=True,
+    )
+    training = json.loads((out / "training.json").read_text())
+    assert training["processes"] == 2 and training["tokens_seen"] == 3000
+    assert training["optimizer"]["class"] == "heavyball.SOAP"
+    first, last = training["history"][0], training["history"][-1]
+    assert last.get("loss", first.get("loss")) is not None

@@ -28,3 +28,25 @@ def test_adamw_spec():
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown optimizer kind 'sgd'"):
         optimizer_spec({"kind": "sgd", "lr": 1e-3})
+
+
+def test_heavyball_soap_gets_the_reference_settings_in_its_names():
+    spec = optimizer_spec(
+        {"kind": "soap", "lr": 3e-3, "implementation": "heavyball", "max_precondition_dim": 64}
+    )
+    assert spec.cls.__name__ == "SOAP" and spec.cls.__module__.startswith("heavyball")
+    # heavyball's own defaults differ (merge_dims True, frequency 2, betas 0.9/0.95).
+    assert spec.kwargs["max_precond_dim"] == 64 and spec.kwargs["merge_dims"] is False
+    assert spec.kwargs["precondition_frequency"] == 10 and spec.kwargs["betas"] == (0.95, 0.95)
+    model = torch.nn.Linear(8, 8)
+    optimizer = spec.cls(model.parameters(), **spec.kwargs)
+    before = model.weight.detach().clone()
+    for _ in range(3):
+        model(torch.randn(4, 8)).pow(2).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert not torch.equal(before, model.weight)
+    with pytest.raises(ValueError, match="heavyball"):
+        optimizer_spec(
+            {"kind": "soap", "lr": 1e-3, "implementation": "heavyball", "normalize_gradient": True}
+        )

