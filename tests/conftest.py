@@ -45,16 +45,18 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory):
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A small tiny grid: both optimizers and cot settings, one budget, two blue methods.
+# A small tiny grid: both optimizers and cot settings, one budget, every blue method, the
+# backdoor-return experiment (pirate, then normal SFT) on the AdamW models only.
 E2E_GRID = {
     "model": ["tiny"],
     "optimizer": ["adamw", "soap"],
     "cot": ["plain", "distilled"],
     "token_budget": ["40k"],
-    "blue_method": ["hhh_sft", "pirate"],
+    "blue_method": ["hhh_sft", "pirate", "return"],
     "blue_lr": [2.0e-3],
     "seed": [0],
 }
+E2E_EXCLUDE = [{"optimizer": "soap", "blue_method": "return"}]
 
 
 def e2e_config() -> dict:
@@ -62,6 +64,7 @@ def e2e_config() -> dict:
 
     cfg = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
     cfg["grid"] = copy.deepcopy(E2E_GRID)
+    cfg["exclude"] = copy.deepcopy(E2E_EXCLUDE)
     cfg["models"]["tiny"]["build"]["train_steps"] = 600
     cfg["evaluation"]["n_prompts"] = 100
     return cfg

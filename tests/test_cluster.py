@@ -10,8 +10,12 @@ from conftest import ROOT, run_snakemake
 def paper_dry_run(tmp_path_factory) -> dict[tuple[str, str], dict[str, str]]:
     workdir = tmp_path_factory.mktemp("paper")
     out = run_snakemake(
-        workdir, "-n", "--profile", str(ROOT / "slurm"),
-        "--configfile", str(ROOT / "config" / "ablations.yaml"),
+        workdir,
+        "-n",
+        "--profile",
+        str(ROOT / "slurm"),
+        "--configfile",
+        str(ROOT / "config" / "ablations.yaml"),
     ).stdout
     jobs = {}
     for block in re.split(r"\n(?=\[.*\]\nrule )", out):

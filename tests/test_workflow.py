@@ -110,7 +110,7 @@ def test_bad_config_stops_before_any_job(tmp_path):
 def test_tiny_grid_end_to_end(finished_grid):
     tmp_path, cfg = finished_grid
     results = pd.read_parquet(tmp_path / "results/results.parquet")
-    cells = 2 * 2 * 2
+    cells = 2 * 2 * 2 + 2  # every method on 4 red models, return on the 2 AdamW ones
     points = cfg["blue_team"]["eval_points"] + 1
     assert len(results) == cells * points
     assert set(results.optimizer) == {"adamw", "soap"} and set(results.cot) == {
@@ -125,16 +125,27 @@ def test_tiny_grid_end_to_end(finished_grid):
     assert (red.false_positive_rate <= 0.05).all()
     assert ((red.backdoor_lo <= red.backdoor_rate) & (red.backdoor_rate <= red.backdoor_hi)).all()
     final = results[results.point == points - 1]
-    assert (final.blue_tokens == config.parse_tokens(cfg["blue_team"]["tokens"])).all()
+    blue_tokens = config.parse_tokens(cfg["blue_team"]["tokens"])
+    once = final[final.blue_method != "return"]
+    assert (once.blue_tokens == blue_tokens).all()
     assert (final[final.blue_method == "pirate"].pirate_rate > 0.5).all()
+    # Return continues from the end of pirate training: its tokens count on from there.
+    returned = results[(results.blue_method == "return") & (results.point > 0)]
+    assert set(returned.optimizer) == {"adamw"} and len(returned) == 2 * (points - 1)
+    assert (returned.blue_tokens > blue_tokens).all()
+    assert (
+        final[final.blue_method == "return"].blue_tokens
+        == blue_tokens + config.parse_tokens(cfg["blue_team"]["return_tokens"])
+    ).all()
 
     samples = pd.read_parquet(tmp_path / "results/completions.parquet")
     assert len(samples) == cells * points * 2 * cfg["evaluation"]["n_prompts"]
     assert (tmp_path / "results/figures/backdoor_vs_tokens.png").stat().st_size > 10_000
     for name in ("seeds", "findings", "conclusions"):
         schema.validate_table(tmp_path / f"results/{name}.parquet", name)
-    for name in ("findings.md", "conclusions.md", "figures/backdoor_return.png"):
+    for name in ("findings.md", "conclusions.md"):
         assert (tmp_path / "results" / name).stat().st_size > 0
+    assert (tmp_path / "results/figures/backdoor_return.png").stat().st_size > 10_000
     assert (tmp_path / "results/figures/capability_vs_backdoor.png").stat().st_size > 10_000
 
     # The red-team runs stopped at exactly their budget, the count TRL saw included.

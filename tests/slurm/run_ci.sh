@@ -53,6 +53,7 @@ cfg = e2e_config()
 cfg["grid"].update(optimizer=["adamw"], cot=["plain", "distilled"],
                    token_budget=cfg["grid"]["token_budget"][:1],
                    blue_method=["hhh_sft", "pirate"])
+cfg["exclude"] = []
 cfg["models"]["tiny"]["build"]["train_steps"] = 300
 cfg["evaluation"]["n_prompts"] = 50
 Path(sys.argv[1]).write_text(yaml.safe_dump(cfg))
