@@ -20,8 +20,8 @@ SHORTER_BUDGET = {
     for run, shorter in sg_grid.shorter_budgets(RED_RUNS.values()).items()
 }
 
-RED = "{model}/{optimizer}/{cot}/{budget}/seed{seed}"
-CELL = f"{RED}/{{method}}/lr{{lr}}"
+RED = sg_grid.RED_PATH
+CELL = sg_grid.CELL_PATH
 BLUE_DATA = {"hhh_sft": "hhh", "pirate": "pirate", "return": "hhh"}
 
 

