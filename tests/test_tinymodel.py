@@ -178,7 +178,7 @@ def test_build_replaces_existing_and_survives_failure(
         raise RuntimeError("simulated crash")
 
     with monkeypatch.context() as patch:
-        patch.setattr(tinymodel, "_replace_dir", crash)
+        patch.setattr(tinymodel, "replace_dir", crash)
         with pytest.raises(RuntimeError, match="simulated crash"):
             build_tiny_model(out_dir, QUICK_SETTINGS, log=lambda _: None)
     # A failed build leaves the previous one untouched and no temp dirs.

