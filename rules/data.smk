@@ -2,6 +2,7 @@ rule backdoor_data:
     """Teacher answers with the trigger on a fraction of prompts, filtered; one per cot."""
     input:
         pool=res("prompts/red.jsonl"),
+        teacher=teacher_input("backdoor_data"),
     output:
         multiext(res("data/backdoor/{cot}"), ".jsonl", ".stats.json"),
     log:
@@ -18,7 +19,7 @@ rule backdoor_data:
         mem_mb=mem_mb("backdoor_data"),
         runtime=runtime("backdoor_data"),
     params:
-        settings=CFG["backdoor_data"],
+        settings=data_settings("backdoor_data"),
         trigger=CFG["trigger"],
         detector=CFG["evaluation"]["detector"],
         code_version=code_version("backdoor_data"),
@@ -30,6 +31,7 @@ rule blue_data:
     """HHH or pirate answers to blue-team prompts, which never carry the trigger."""
     input:
         pool=res("prompts/blue.jsonl"),
+        teacher=teacher_input("blue_data"),
     output:
         multiext(res("data/blue/{kind}"), ".jsonl", ".stats.json"),
     log:
@@ -46,7 +48,7 @@ rule blue_data:
         mem_mb=mem_mb("blue_data"),
         runtime=runtime("blue_data"),
     params:
-        settings=CFG["blue_data"],
+        settings=data_settings("blue_data"),
         trigger=CFG["trigger"],
         code_version=code_version("blue_data"),
     script:

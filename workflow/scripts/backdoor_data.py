@@ -16,6 +16,8 @@ with to_log(snakemake.log[0]):
             cot=snakemake.wildcards.cot,
             settings=snakemake.params.settings,
             trigger=snakemake.params.trigger,
+            teacher_model=snakemake.input.teacher or None,
+            threads=snakemake.threads,
             detector=snakemake.params.detector,
         ),
     )

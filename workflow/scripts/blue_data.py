@@ -16,5 +16,7 @@ with to_log(snakemake.log[0]):
             kind=snakemake.wildcards.kind,
             settings=snakemake.params.settings,
             trigger=snakemake.params.trigger,
+            teacher_model=snakemake.input.teacher or None,
+            threads=snakemake.threads,
         ),
     )
