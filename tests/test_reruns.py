@@ -75,6 +75,28 @@ def test_changing_threads_schedules_nothing(finished_grid):
     assert scheduled(workdir, variant) == {}
 
 
+def test_changing_a_teachers_placement_schedules_nothing(finished_grid):
+    """Where a teacher runs (its GPUs, memory, time) does not change what it writes."""
+    workdir, cfg = finished_grid
+    variant = copy.deepcopy(cfg)
+    for section in ("backdoor_data", "blue_data"):
+        variant[section]["teacher"]["resources"] = {"gpu": 0, "mem_mb": 16000, "runtime": 60}
+    assert scheduled(workdir, variant) == {}
+
+
+def test_a_pirate_teacher_reruns_only_the_pirate_data(finished_grid):
+    workdir, cfg = finished_grid
+    variant = copy.deepcopy(cfg)
+    variant["blue_data"]["pirate_teacher"] = {"kind": "scripted", "error_rate": 0.1}
+    counts = scheduled(workdir, variant)
+    pirate_cells = n_cells(cfg, blue_method="pirate") + n_cells(cfg, blue_method="return")
+    assert training_and_eval(counts) == {
+        "blue_data": 1,
+        "blue_train": pirate_cells,
+        "evaluate": pirate_cells,
+    }
+
+
 def test_adding_a_blue_lr_schedules_only_the_new_cells(finished_grid):
     workdir, cfg = finished_grid
     variant = copy.deepcopy(cfg)

@@ -89,11 +89,13 @@ def test_dry_run_paper_grid_job_counts(tmp_path):
     cfg = yaml.safe_load((ROOT / "config/ablations.yaml").read_text())
     assert job_counts(proc.stdout) == expected_counts(cfg)
     assert "tiny_base" not in proc.stdout  # real models are named by id, never built
+    assert "gguf_base" not in proc.stdout
 
 
-def test_dry_run_tiny_grid_job_counts(tmp_path):
-    proc = dry_run("tiny.yaml", tmp_path)
-    cfg = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
+@pytest.mark.parametrize("name", ["tiny.yaml", "smol.yaml"])
+def test_dry_run_cpu_grid_job_counts(tmp_path, name):
+    proc = dry_run(name, tmp_path)
+    cfg = yaml.safe_load((ROOT / "config" / name).read_text())
     assert job_counts(proc.stdout) == expected_counts(cfg)
 
 
