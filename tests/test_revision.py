@@ -94,9 +94,8 @@ def test_revision_is_part_of_the_rerun_key(tiny_model, tmp_path):
     """A finished red-team run and a teacher's data rerun when their model's revision changes,
     and nothing else does."""
     import yaml
-
-    from tests.conftest import ROOT, run_snakemake
-    from tests.test_workflow import job_counts
+    from conftest import ROOT, run_snakemake
+    from test_workflow import job_counts
 
     cfg = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
     cfg["models"] = {"real": {"hf_id": str(tiny_model), "revision": "r1", "dtype": "float32"}}

@@ -8,8 +8,7 @@ import json
 import pandas as pd
 import pytest
 import yaml
-
-from tests.conftest import ROOT, run_snakemake
+from conftest import ROOT, run_snakemake
 
 pytestmark = pytest.mark.slow
 
