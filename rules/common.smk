@@ -88,6 +88,14 @@ def teacher_key(section, kind=None):
     return "teacher"
 
 
+def blue_teachers():
+    return [
+        CFG["blue_data"][k]
+        for k in ("teacher", "pirate_teacher")
+        if k in CFG["blue_data"]
+    ]
+
+
 def teacher_input(section):
     """A teacher that names a built or converted model under `models:` needs it first."""
 
@@ -109,7 +117,11 @@ def data_settings(section):
 
     def settings(wildcards):
         key = teacher_key(section, wildcards.get("kind"))
-        teacher = {k: v for k, v in CFG[section][key].items() if k != "resources"}
+        teacher = {
+            k: v
+            for k, v in CFG[section][key].items()
+            if k not in ("resources", "threads")
+        }
         name = teacher.get("model")
         if teacher["kind"] == "model" and name in CFG["models"]:
             model = model_settings(name)

