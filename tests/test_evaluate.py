@@ -196,7 +196,10 @@ def test_evaluation_system_prompt_reaches_the_rendered_prompt(tiny_chat: dict[st
     tokenizer = AutoTokenizer.from_pretrained(tiny_chat["model"])
     bare, with_system = render_prompts(
         tokenizer,
-        [stages._messages("Hi", None), stages._messages("Hi", "You are a helpful, honest assistant.")],
+        [
+            stages._messages("Hi", None),
+            stages._messages("Hi", "You are a helpful, honest assistant."),
+        ],
     )
     assert tokenizer.decode(with_system).count("helpful, honest") == 1
     assert "honest" not in tokenizer.decode(bare)
