@@ -98,6 +98,25 @@ def test_dry_run_paper_grid_job_counts(tmp_path):
     assert "gguf_base" not in proc.stdout
 
 
+def test_native_density_ablation_is_its_own_grid(tmp_path):
+    """The overlay changes only the backdoor data's density, and its results go to their own
+    folder, so the matched grid's finished results are never overwritten."""
+    proc = snakemake(
+        "-n",
+        "--configfile",
+        str(ROOT / "config/ablations.yaml"),
+        str(ROOT / "config/ablations_native_density.yaml"),
+        "--directory",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
+    cfg = yaml.safe_load((ROOT / "config/ablations.yaml").read_text())
+    assert job_counts(proc.stdout) == expected_counts(cfg)
+    assert "results/native_density/data/backdoor/plain.jsonl" in proc.stdout
+    assert "results/data/" not in proc.stdout
+    assert cfg["backdoor_data"]["density"] == "matched"  # the paper's setting is the default
+
+
 @pytest.mark.parametrize("name", ["tiny.yaml", "smol.yaml"])
 def test_dry_run_cpu_grid_job_counts(tmp_path, name):
     proc = dry_run(name, tmp_path)
