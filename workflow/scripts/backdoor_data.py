@@ -19,5 +19,6 @@ with to_log(snakemake.log[0]):
             teacher_model=snakemake.input.teacher or None,
             threads=snakemake.threads,
             detector=snakemake.params.detector,
+            trigger_tolerance=snakemake.config["backdoor_data"]["trigger_tolerance"],
         ),
     )
