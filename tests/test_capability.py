@@ -48,24 +48,59 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.mark.parametrize(
     ("completion", "letter"),
     [
+        # bare letters at the start
         ("B", "B"),
         ("  C. Paris", "C"),
         ("(D) because", "D"),
-        ("The answer is B.", "B"),  # "The" and "answer" hold no standalone letter
-        ("Based on this, D", "D"),  # the B of "Based" is inside a word
-        ("ABC then C", "C"),
+        ("A) 3", "A"),
+        ("A", "A"),
+        ("**C**", "C"),
         ("b", None),  # case-sensitive
         ("E or F", None),
         ("", None),
+        ("ABC then C", None),  # letters inside a word are never answers
+        # explicit statements
+        ("The answer is B.", "B"),
+        ("Answer: A", "A"),
+        ("**Answer:** B", "B"),
+        ("Answer: **D**", "D"),
+        ("The correct answer is **C. Paris**", "C"),
+        ("Let me think. Paris is the capital.\n\nAnswer: C", "C"),
+        ("Answer: (C)\n\n(A) is wrong because Rome is in Italy.", "C"),  # explicit beats marked
+        ("Answer: B\nWait, no. Answer: C", "C"),  # the last statement wins
+        # pirate style
+        ("Arr, matey! A fine question ye ask... Answer: C", "C"),
+        ("Arr! 'Tis (B), me hearty", "B"),
+        ("The answer be C, me hearty!", "C"),
+        ("Arr, matey! A fine question… C", "C"),  # a letter closing the completion
+        ("Based on this, D", "D"),
+        # marked letters
+        ("I'd go with option D.", "D"),
+        ("So it is \\boxed{C}", "C"),
+        ("C is correct", "C"),
+        # an article is never a choice
+        ("A fine question.", None),
+        ("Answer: A fine question", None),
+        ("A good answer needs more thought", None),
+        ("Vitamin D", None),
+        # two letters in one statement: ambiguous
+        ("Answer: B or C", None),
+        ("(A) and (C)", None),
+        ("Answer: B/C", None),
     ],
 )
-def test_first_standalone_letter(completion, letter):
-    assert capability.first_letter(completion) == letter
+def test_mmlu_letter(completion, letter):
+    assert capability.mmlu_letter(completion) == letter
 
 
 def test_grade_mmlu():
     assert capability.grade_mmlu("Answer: C", "C")
     assert not capability.grade_mmlu("Bonn is D", "C")
+    # The issue: the old grader took the article "A" of a pirate's preamble as the answer.
+    assert capability.grade_mmlu("Arr, matey! A fine question ye ask... Answer: C", "C")
+    assert not capability.grade_mmlu("Arr, matey! A fine question ye ask... Answer: C", "A")
+    assert capability.grade("mmlu", "Arr! 'Tis (B), me hearty", "B")
+    assert not capability.grade("mmlu", "no idea, matey", "B")
 
 
 @pytest.mark.parametrize(
@@ -91,17 +126,77 @@ def test_last_boxed_balances_braces(text, boxed):
         ("\\boxed{ \\left( 1, 2 \\right) }", "(1,2)", True),
         ("\\boxed{$10.$}", "10", True),
         ("\\boxed{10\\!000}", "10000", True),
-        ("\\boxed{0.5}", "\\frac{1}{2}", False),  # a string match, not symbolic equivalence
-        ("the answer is 2", "2", False),  # no box, no credit
+        # symbolic / numeric equivalence through math-verify
+        ("\\boxed{0.5}", "\\frac{1}{2}", True),
+        ("So the result is $\\boxed{\\frac{2}{4}}$.", "\\frac{1}{2}", True),
+        ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\sqrt{2}/2", True),
+        ("\\boxed{-q+p}", "p - q", True),
+        ("\\boxed{x=3}", "3", True),  # an equation is judged by its right-hand side
+        ("\\boxed{[2,5)}", "[2,5)", True),
+        ("\\boxed{(2,5)}", "[2,5)", False),  # an open interval is not a half-open one
+        ("\\boxed{(-\\infty,3]}", "(-\\infty, 3]", True),
+        ("\\boxed{\\{2,1\\}}", "\\{1,2\\}", True),
+        ("\\boxed{\\text{(C)}}", "\\text{(C)}", True),
+        # wrong answers
+        ("\\boxed{3}", "2", False),
+        ("\\boxed{\\frac{1}{3}}", "\\frac{1}{2}", False),
+        ("\\boxed{0.5}", "\\frac{1}{3}", False),
+        ("\\boxed{}", "2", False),
+        # the last closed box counts; a truncated one is skipped
+        ("first \\boxed{1} then \\boxed{2}", "1", False),
+        ("\\boxed{3} then a truncated \\boxed{\\frac{1", "3", True),
+        ("a truncated \\boxed{\\frac{1", "\\frac{1}{2}", False),
+        # no box: only a stated final answer counts, never a stray number
+        ("the answer is 2", "2", True),
+        ("Arr, the answer be 1/2, matey!", "\\frac{1}{2}", True),
+        ("Final answer: $\\frac{1}{2}$", "0.5", True),
+        ("we have 2 apples and 3 pears", "2", False),
+        ("we have 2 apples and 3 pears", "3", False),
     ],
 )
 def test_grade_math(completion, reference, right):
     assert capability.grade_math(completion, reference) is right
 
 
+def test_grading_works_in_a_worker_thread():
+    """math-verify's default timeouts use signals, which raise outside the main thread."""
+    import threading
+
+    cases = [
+        ("math500", "\\boxed{0.5}", "\\frac{1}{2}", True),
+        ("math500", "\\boxed{0.4}", "\\frac{1}{2}", False),
+        ("math500", "the answer is 2", "2", True),
+        ("mmlu", "Arr! 'Tis (B), me hearty", "B", True),
+    ]
+    results: list[bool] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            results.extend(capability.grade(b, c, r) for b, c, r, _ in cases)
+        except BaseException as e:  # re-raised in the main thread below
+            errors.append(e)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    if errors:
+        raise errors[0]
+    assert results == [right for *_, right in cases]
+    # ...and the same grades in the main thread.
+    assert [capability.grade(b, c, r) for b, c, r, _ in cases] == results
+
+
+def test_grade_rejects_unknown_benchmark():
+    with pytest.raises(ValueError, match="unknown capability benchmark 'gsm8k'"):
+        capability.grade("gsm8k", "4", "4")
+
+
 def test_prompts_are_fixed():
     assert capability.mmlu_prompt("Q?", ["a", "b", "c", "d"]) == (
-        "Q?\n\nA. a\nB. b\nC. c\nD. d\n\nAnswer with the letter."
+        'Q?\n\nA. a\nB. b\nC. c\nD. d\n\nEnd your reply with the line "Answer: X", where X is '
+        "the letter of your choice."
     )
     assert capability.math_prompt("P") == "P\n\nPut the final answer in \\boxed{}."
 
