@@ -430,7 +430,13 @@ def _eval_settings():
 
 def _blue_settings():
     return {
-        "blue_team": {"lora": {"rank": 8}, "eval_points": 1, "batch_size": 2, "max_length": 64},
+        "blue_team": {
+            "finetune": "lora",
+            "lora": {"rank": 8},
+            "eval_points": 1,
+            "batch_size": 2,
+            "max_length": 64,
+        },
         "tokens": 100,
         "lr": 1e-3,
         "seed": 0,

