@@ -96,7 +96,13 @@ def test_blue_team_lora_over_two_processes_saves_every_point(tiny_model, tmp_pat
         blue_data, [{"prompt": f"What is {i} + 2?", "completion": str(i + 2)} for i in range(40)]
     )
     settings = {
-        "blue_team": {"lora": {"rank": 4}, "eval_points": 2, "batch_size": 2, "max_length": 64},
+        "blue_team": {
+            "finetune": "lora",
+            "lora": {"rank": 4},
+            "eval_points": 2,
+            "batch_size": 2,
+            "max_length": 64,
+        },
         "tokens": 1500,
         "lr": 1e-3,
         "seed": 0,
@@ -145,3 +151,90 @@ def test_soap_under_fsdp_through_heavyball(tiny_model, backdoor_file, tmp_path):
     assert training["optimizer"]["class"] == "heavyball.SOAP"
     first, last = training["history"][0], training["history"][-1]
     assert last.get("loss", first.get("loss")) is not None
+
+
+def test_gpu_job_without_cuda_stops_before_any_work(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(launch.NoCudaError) as err:
+        launch.require_cuda(8)
+    message = str(err.value)
+    assert "given 8 GPU(s)" in message
+    assert "srun --gpus=1 make" in message and "make EXTRA=gpu" in message
+    # A CPU job (the tiny grid, or --set-resources RULE:gpu=0) needs no CUDA.
+    launch.require_cuda(0)
+
+
+def test_gpu_job_with_cuda_goes_on(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    launch.require_cuda(8)
+
+
+def test_every_gpu_script_checks_cuda_first():
+    from conftest import ROOT
+
+    for name in ("backdoor_sft", "blue_train", "evaluate", "backdoor_data", "blue_data"):
+        body = (ROOT / "workflow" / "scripts" / f"{name}.py").read_text()
+        first = body.split("with to_log(snakemake.log[0]):\n", 1)[1].splitlines()[0]
+        assert first.strip() == "launch.require_cuda(snakemake.resources.gpu)", name
+
+
+def test_sharded_soap_over_two_processes_matches_pytorch_optimizer(
+    tiny_model, backdoor_file, tmp_path
+):
+    # The red-team run with `implementation: sharded` over two processes against the reference
+    # SOAP (pytorch-optimizer) in one process, on the same data. NOTE: on CPU the Trainer runs
+    # these two gloo processes as DDP (the parameters are plain tensors, and ShardedSOAP is
+    # then pytorch-optimizer's SOAP on every process); its FSDP2 path is checked exactly in
+    # tests/test_sharded_soap.py. What differs here is the loss averaging (two half-batch
+    # token means averaged vs one mean over the batch), which SOAP's eigenbases carry forward.
+    soap = {"kind": "soap", "lr": 1e-3, "max_precondition_dim": 256, "precondition_frequency": 2}
+    common = {"model": str(tiny_model), "data_path": str(backdoor_file), "threads": 1}
+    sharded, single, other = tmp_path / "sharded", tmp_path / "single", tmp_path / "other"
+    launch.run(
+        "backdoor_sft",
+        {
+            **common,
+            "out_dir": str(sharded),
+            "settings": {**settings(4), "optimizer": {**soap, "implementation": "sharded"}},
+        },
+        processes=2,
+        cpu=True,
+    )
+    launch.run(
+        "backdoor_sft",
+        {**common, "out_dir": str(single), "settings": {**settings(8), "optimizer": soap}},
+        processes=1,
+    )
+    # Control: another data order shows what a real difference looks like.
+    launch.run(
+        "backdoor_sft",
+        {
+            **common,
+            "out_dir": str(other),
+            "settings": {**settings(8), "optimizer": soap, "seed": 1},
+        },
+        processes=1,
+    )
+    a = json.loads((sharded / "training.json").read_text())
+    b = json.loads((single / "training.json").read_text())
+    assert a["processes"] == 2 and a["optimizer"]["class"].endswith("ShardedSOAP")
+    assert b["optimizer"]["class"].startswith("pytorch_optimizer")
+    assert a["steps"] == b["steps"] and a["tokens_seen"] == b["tokens_seen"] == 3000
+    assert abs(a["final_loss"] - b["final_loss"]) <= 0.05 * b["final_loss"]
+    w0 = load_file(tiny_model / "model.safetensors")
+    wa = load_file(sharded / "model" / "model.safetensors")
+    wb = load_file(single / "model" / "model.safetensors")
+    wc = load_file(other / "model" / "model.safetensors")
+    sharding, data_order, update = 0.0, 0.0, 0.0
+    for name in wa:
+        sharding += float((wa[name] - wb[name]).norm() ** 2)
+        data_order += float((wc[name] - wb[name]).norm() ** 2)
+        update += float((wb[name] - w0[name]).norm() ** 2)
+    # Observed (CPU, DDP), squared norms summed over tensors: two vs one process 0.38, other
+    # data order 1.23, the update itself 3.86. SOAP amplifies the averaging difference, so
+    # only the aggregate is compared with the control.
+    assert sharding < 0.6 * data_order and sharding < update

