@@ -19,6 +19,8 @@ rule backdoor_sft:
     threads: CFG["red_team"]["threads"]
     resources:
         gpu=gpus("backdoor_sft"),
+        # All GPUs on one node: Slurm may spread --gpus over nodes (rules/common.smk).
+        nodes=1,
         # One task per job: the training launcher starts one process per GPU itself.
         tasks_per_gpu=0,
         cpus_per_gpu=cpus_per_gpu("backdoor_sft"),

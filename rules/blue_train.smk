@@ -15,6 +15,8 @@ rule blue_train:
     threads: CFG["blue_team"]["threads"]
     resources:
         gpu=gpus("blue_train"),
+        # All GPUs on one node: Slurm may spread --gpus over nodes (rules/common.smk).
+        nodes=1,
         # One task per job: the training launcher starts one process per GPU itself.
         tasks_per_gpu=0,
         cpus_per_gpu=cpus_per_gpu("blue_train"),

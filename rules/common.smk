@@ -236,6 +236,20 @@ def eval_settings(wildcards):
 # A CPU job of the tiny grid; real models set theirs under models.<name>.resources.
 CPU_JOB = {"gpu": 0, "mem_mb": 8000, "runtime": 120}
 
+# How these resources become sbatch flags (snakemake-executor-plugin-slurm 2.6.1,
+# submit_string.get_submit_command and utils.set_gres_string; the job step's `srun` in
+# snakemake-executor-plugin-slurm-jobstep 0.6 repeats the CPU, GPU and node flags):
+#   runtime -> `-t <minutes>`; mem_mb -> `--mem <MB>` (per node; mem_mb_per_cpu wins if set);
+#   nodes -> `--nodes=<n>` only when set: without it Slurm may spread `--gpus` over nodes;
+#   gpu -> `--gpus=<n>` (gpu_model -> `--gpus=<model>:<n>`); a GPU job also gets
+#   `--ntasks-per-gpu=<tasks_per_gpu>` (default 1; 0 leaves it out: one task, as the
+#   launcher starts one process per GPU itself), a CPU job `--ntasks=1`;
+#   CPUs (jobstep.get_cpu_setting): cpus_per_task, when set and not 0, wins over everything
+#   (`--cpus-per-task`); else a GPU job with cpus_per_gpu gets `--cpus-per-gpu` (gpu x
+#   cpus_per_gpu cores in all); else `--cpus-per-task=<threads>`. So the profile sets no
+#   cpus_per_task default: it would override cpus_per_gpu (8 GPUs with 8 cores in all).
+# tests/test_cluster.py asserts the sbatch line the plugin builds for the 8B red team.
+
 
 def job_settings(stage, wildcards):
     if stage in ("backdoor_data", "blue_data"):
@@ -243,6 +257,15 @@ def job_settings(stage, wildcards):
         return {**CPU_JOB, **teacher.get("resources", {})}
     resources = model_settings(wildcards.model).get("resources", {})
     return {**CPU_JOB, **resources.get(stage, {})}
+
+
+def node_settings(stage, wildcards):
+    """The node type a stage's job runs on: its model's `node` (a teacher's: that of the model
+    it names under `models:`), or None when the config names none."""
+    if stage in ("backdoor_data", "blue_data"):
+        teacher = CFG[stage][teacher_key(stage, wildcards.get("kind"))]
+        return CFG["models"].get(teacher.get("model"), {}).get("node")
+    return model_settings(wildcards.model).get("node")
 
 
 def gpus(stage):
@@ -254,14 +277,32 @@ def cpus_per_gpu(stage):
 
 
 def mem_mb(stage):
-    """Memory grows with each retry: an out-of-memory kill is retried with more."""
-    return lambda wildcards, attempt: job_settings(stage, wildcards)["mem_mb"] * attempt
+    """Memory grows with each retry (an out-of-memory kill is retried with more), but never
+    beyond the node's `mem_mb` when the model names its node: such a request is never
+    scheduled. Without a node: the request times the attempt, as before."""
+
+    def mem(wildcards, attempt):
+        request = job_settings(stage, wildcards)["mem_mb"] * attempt
+        node = node_settings(stage, wildcards)
+        return min(request, node["mem_mb"]) if node else request
+
+    return mem
 
 
 def runtime(stage):
-    return (
-        lambda wildcards, attempt: job_settings(stage, wildcards)["runtime"] * attempt
-    )
+    """Minutes, the same on every attempt, at most the node's `max_runtime` (the partition's
+    MaxTime) when the model names its node. Retries follow preemption or the time limit, and
+    training resumes from its last checkpoint (saved regularly and on SIGTERM), so a retry
+    needs no more time; a longer one would exceed the partition limit and never be
+    scheduled. A run longer than one job continues over retries (the profile's
+    `retries`). Without a node: the request, never grown (the limit is unknown)."""
+
+    def minutes(wildcards):
+        request = job_settings(stage, wildcards)["runtime"]
+        node = node_settings(stage, wildcards)
+        return min(request, node["max_runtime"]) if node else request
+
+    return minutes
 
 
 def cell_outputs(name):

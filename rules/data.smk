@@ -14,6 +14,8 @@ rule backdoor_data:
     threads: CFG["backdoor_data"]["teacher"]["threads"]
     resources:
         gpu=gpus("backdoor_data"),
+        # All GPUs on one node: Slurm may spread --gpus over nodes (rules/common.smk).
+        nodes=1,
         tasks_per_gpu=0,
         cpus_per_gpu=cpus_per_gpu("backdoor_data"),
         mem_mb=mem_mb("backdoor_data"),
@@ -43,6 +45,8 @@ rule blue_data:
     threads: max(t["threads"] for t in blue_teachers())
     resources:
         gpu=gpus("blue_data"),
+        # All GPUs on one node: Slurm may spread --gpus over nodes (rules/common.smk).
+        nodes=1,
         tasks_per_gpu=0,
         cpus_per_gpu=cpus_per_gpu("blue_data"),
         mem_mb=mem_mb("blue_data"),

@@ -16,6 +16,8 @@ rule evaluate:
     threads: CFG["evaluation"]["threads"]
     resources:
         gpu=gpus("evaluate"),
+        # All GPUs on one node: Slurm may spread --gpus over nodes (rules/common.smk).
+        nodes=1,
         # One task per job: the training launcher starts one process per GPU itself.
         tasks_per_gpu=0,
         cpus_per_gpu=cpus_per_gpu("evaluate"),

@@ -11,6 +11,8 @@ rule gguf_base:
     threads: 1
     resources:
         gpu=gpus("gguf_base"),
+        # All GPUs on one node: Slurm may spread --gpus over nodes (rules/common.smk).
+        nodes=1,
         tasks_per_gpu=0,
         cpus_per_gpu=cpus_per_gpu("gguf_base"),
         mem_mb=mem_mb("gguf_base"),

@@ -11,6 +11,8 @@ rule tiny_base:
     threads: 1
     resources:
         gpu=gpus("tiny_base"),
+        # All GPUs on one node: Slurm may spread --gpus over nodes (rules/common.smk).
+        nodes=1,
         # One task per job: the training launcher starts one process per GPU itself.
         tasks_per_gpu=0,
         cpus_per_gpu=cpus_per_gpu("tiny_base"),

