@@ -44,6 +44,23 @@ def test_plan_command(capsys):
     assert "backdoor_sft" in out and "sharing saves" in out
 
 
+def test_plan_prints_memory_beside_gpu_hours(capsys):
+    assert main(["plan", "--configfile", str(ROOT / "config" / "ablations.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "memory per job" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("  llama")]
+    kinds = {(r[0], r[1], r[2]) for r in rows}
+    for model in ("llama8b", "llama70b"):
+        assert (model, "backdoor_sft:", "red") in kinds
+        assert (model, "blue_train:", "blue") in kinds
+        assert (model, "evaluate:", "evaluate") in kinds
+    red = next(r for r in rows if r[0] == "llama8b" and r[3] == "AdamW")
+    # GPUs, GPU GiB per GPU, the node's GiB, host GiB, the request's GiB, GPU-hours, fits.
+    assert red[4] == "8" and red[6] == "80.0" and red[-1] == "yes"
+    assert float(red[9]) == pytest.approx(46.7, abs=0.1)  # the red AdamW runs' GPU-hours
+    assert "n/a (no architecture)" in out  # the Qwen teacher: no shapes known
+
+
 def _costed_tiny(**gpus):
     cfg = config.load(ROOT / "config" / "tiny.yaml")
     cfg["models"]["tiny"]["cost"] = {

