@@ -77,7 +77,7 @@ def plugin_sbatch(fields: dict[str, str], rule: str, threads: int) -> list[str]:
         ("backdoor_sft", "llama8b", 8, 800_000, 2880),
         ("blue_train", "llama8b", 1, 160_000, 720),
         ("evaluate", "llama8b", 1, 160_000, 240),
-        ("backdoor_sft", "llama70b", 8, 1_800_000, 2880),
+        ("backdoor_sft", "llama70b", 8, 1_950_000, 2880),
         ("blue_train", "llama70b", 8, 1_000_000, 2880),
         ("evaluate", "llama70b", 4, 500_000, 480),
     ],
@@ -131,7 +131,7 @@ def test_a_retry_gets_more_memory_up_to_the_node_and_the_same_time(paper_dry_run
         node = nodes[model]
         assert int(retry["mem_mb"]) == min(2 * int(first["mem_mb"]), node["mem_mb"])
         assert int(retry["runtime"]) == int(first["runtime"]) <= node["max_runtime"]
-    # 2 x 1.8 TB is more than the 70B node's 2 TB: capped, so the retry can be scheduled.
+    # 2 x 1.95 TB is more than the 70B node's 2 TB: capped, so the retry can be scheduled.
     assert int(paper_retry[("backdoor_sft", "llama70b")]["mem_mb"]) == 2_000_000
     argv = plugin_sbatch(paper_retry[("backdoor_sft", "llama8b")], "backdoor_sft", 8)
     assert argv[argv.index("--mem") + 1] == "1600000"

