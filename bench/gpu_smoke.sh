@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# GPU smoke test of the real-model paths (bf16 training with AdamW and SOAP, LoRA adapters,
-# vLLM and hf generation): one NVIDIA GPU, no internet. See bench/gpu_smoke.py for what it checks.
+# GPU smoke test of the real-model paths: bf16 mixed-precision training with AdamW and SOAP on a
+# random Llama-3.2-1B-shaped model, LoRA adapters, hf and (when installed) vLLM generation; prints
+# tokens/s, MFU and peak memory beside the memory model. One NVIDIA GPU, no internet; see
+# bench/gpu_smoke.py for what it checks and which packages it needs.
 #   bash bench/gpu_smoke.sh [--json out.json] [--layers 16 ...]
-# Exit codes: 0 ok, 1 a check failed, 2 no GPU / no CUDA vllm.
+#   PYTHON=python3 PYTHONPATH=src bash bench/gpu_smoke.sh   (a machine's own torch stack)
+# Exit codes: 0 ok, 1 a check failed, 2 no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"

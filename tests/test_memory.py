@@ -212,3 +212,27 @@ def test_cpu_estimate_has_no_gpu_parts():
     )
     assert est.gpus == 0 and not est.gpu_parts
     assert est.host_parts["weights"] == 4 * LLAMA_8B.params
+
+
+def test_gpu_smoke_predicts_for_the_llama_3_2_1b_shape():
+    """The GPU smoke (bench/gpu_smoke.py, run where a GPU is) prints measured peaks beside these
+    predictions; here, that the shape is Llama-3.2-1B's and the predictions are ordered."""
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_smoke
+
+    args = argparse.Namespace(
+        hidden=2048, intermediate=8192, layers=16, heads=32, kv_heads=8, vocab=128_256, tied=True
+    )
+    assert gpu_smoke.architecture(args).params == 1_235_814_400  # Llama-3.2-1B
+    adamw = gpu_smoke.predicted_gib(args, full=True, optimizer={"kind": "adamw"}, dtype="bfloat16")
+    soap = gpu_smoke.predicted_gib(
+        args, full=True, optimizer={"kind": "soap", "max_precondition_dim": 2048}, dtype="bfloat16"
+    )
+    lora = gpu_smoke.predicted_gib(args, full=False, lora_rank=16, dtype="bfloat16")
+    assert lora < adamw < soap
+    # fp32 master + fp32 gradients + AdamW moments alone: 16 bytes a parameter.
+    assert adamw > 16 * 1_235_814_400 / 2**30
+    assert gpu_smoke.peak_flops("NVIDIA H100 80GB HBM3", None) == 989e12
