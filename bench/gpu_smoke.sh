@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
-if [[ ! -x "$PY" ]]; then
+if ! command -v "$PY" >/dev/null 2>&1; then
   echo "gpu_smoke: FAIL: $PY not found: run 'make' first (or set PYTHON=...)" >&2
   exit 2
 fi
