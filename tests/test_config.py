@@ -112,3 +112,15 @@ def test_config_hash_ignores_speed_settings():
     b["red_team"]["threads"] = 4
     b["evaluation"]["threads"] = 4
     assert config.config_hash(a) == config.config_hash(b)
+
+
+def test_config_hash_ignores_placement_plans_and_guards():
+    """The node a model runs on, its shapes for the memory plan and the data's trigger-share
+    tolerance change nothing a job writes."""
+    a, b = raw("ablations.yaml"), raw("ablations.yaml")
+    b["models"]["llama8b"]["node"]["gpu_memory_gb"] = 141
+    del b["models"]["llama70b"]["architecture"]
+    b["backdoor_data"]["trigger_tolerance"] = 0.2
+    assert config.config_hash(a) == config.config_hash(b)
+    b["backdoor_data"]["trigger_fraction"] = 0.4
+    assert config.config_hash(a) != config.config_hash(b)

