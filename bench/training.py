@@ -218,6 +218,7 @@ def _records(ctx: Context) -> Path:
         matched_copies=bd.get("matched_copies"),
         detector=cfg["evaluation"]["detector"],
         seed=0,
+        pairing="independent",
     )
     data.write_jsonl(path, records)
     return path

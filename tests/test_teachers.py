@@ -62,6 +62,7 @@ def test_model_teacher_runs_the_real_path(tiny_model, backend):
         matched_copies=None,
         detector=metrics.DEFAULT_DETECTOR,
         seed=0,
+        pairing="independent",
     )
     assert stats["teacher"] == f"model({tiny_model})"
     assert stats["kept"] + sum(stats["dropped"].values()) == 8

