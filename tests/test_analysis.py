@@ -348,6 +348,7 @@ def _full_results(rows):
         "capability_math500": math.nan,
         "mean_hate_copies_triggered": 1.0,
         "backend": "hf",
+        "engine_load": "0123456789abcdef",
         "engine_loads": 1,
         "config_hash": "abc",
         "package_versions": "{}",

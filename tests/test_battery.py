@@ -94,7 +94,7 @@ CONFIG_CASES: list[tuple[str, Callable[[dict], None], str]] = [
         _set("exclude", [{"token_budget": "40 thousand"}]),
         "exclude.0.token_budget: not a token count",
     ),
-    ("lr-zero", _set("optimizers.adamw.lr", 0), "optimizers.adamw.lr: 0 is less than or equal"),
+    ("lr-zero", _set("optimizers.adamw.lr", 0), "optimizers.adamw.lr: 0.0 is less than or equal"),
     ("blue-lr-negative", _set("grid.blue_lr", [-1e-4]), "grid.blue_lr.0: -0.0001 is less than"),
     (
         "hf-id-not-org-name",

@@ -76,10 +76,12 @@ def plugin_sbatch(fields: dict[str, str], rule: str, threads: int) -> list[str]:
     [
         ("backdoor_sft", "llama8b", 8, 800_000, 2880),
         ("blue_train", "llama8b", 1, 160_000, 720),
-        ("evaluate", "llama8b", 1, 160_000, 240),
+        # Evaluation: one job per red model, 9 cells at 240 (8B) and 480 (70B) minutes each,
+        # at most the node's 2880.
+        ("evaluate", "llama8b", 1, 160_000, 2160),
         ("backdoor_sft", "llama70b", 8, 1_950_000, 2880),
         ("blue_train", "llama70b", 8, 1_000_000, 2880),
-        ("evaluate", "llama70b", 4, 500_000, 480),
+        ("evaluate", "llama70b", 4, 500_000, 2880),
     ],
 )
 def test_jobs_ask_for_their_models_resources(paper_dry_run, rule, model, gpu, mem_mb, runtime):

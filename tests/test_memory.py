@@ -181,7 +181,7 @@ def test_validate_refuses_small_gpus_and_a_small_host_request():
     with pytest.raises(config.ConfigError) as err:
         config.validate(raw)
     text = "\n".join(err.value.problems)
-    assert "models.llama70b.resources.evaluate: evaluate (vLLM) needs ~38.4 GiB per GPU" in text
+    assert "models.llama70b.resources.evaluate: evaluate (vLLM) needs ~36.9 GiB per GPU" in text
     assert "the node's GPUs have 24 GiB x gpu_memory_utilization 0.85" in text
     assert "models.llama8b.resources.blue_train: blue LoRA AdamW needs ~19.0 GiB of host" in text
     assert "mem_mb 10000" in text

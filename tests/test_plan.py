@@ -18,7 +18,7 @@ def test_tiny_plan_tokens():
     assert plan.red_tokens == plan.red_tokens_separate  # sharing is off in tiny.yaml
     assert plan.blue_tokens == 16 * 60_000
     assert plan.naive_tokens == 16 * 60_000 + 8 * (40_000 + 80_000)
-    assert plan.jobs["backdoor_sft"] == 8 and plan.jobs["evaluate"] == 16
+    assert plan.jobs["backdoor_sft"] == 8 and plan.jobs["evaluate"] == 8
 
 
 def test_sharing_counts_the_longest_budget_once():
@@ -80,12 +80,13 @@ def test_gpu_hours_arithmetic():
     assert plan.longest_job_hours["backdoor_sft"] == pytest.approx(80_000 / 1000 / 4 / 3600)
     # Blue: 16 trainings x 60k tokens at 2000 tokens/s/GPU.
     assert plan.gpu_hours["blue_train"] == pytest.approx(16 * 60_000 / 2000 / 3600)
-    # Evaluate: 16 cells x 2 GPUs x (10 s load + 4 points x 5 s).
-    assert plan.gpu_hours["evaluate"] == pytest.approx(16 * 2 * (10 + 4 * 5) / 3600)
-    assert plan.longest_job_hours["evaluate"] == pytest.approx(30 / 3600)
+    # Evaluate: one job per red model (8), each serving 2 cells: 2 GPUs x (10 s load +
+    # 7 points x 5 s), the red model's point 0 once and 3 points per cell.
+    assert plan.gpu_hours["evaluate"] == pytest.approx(8 * 2 * (10 + 7 * 5) / 3600)
+    assert plan.longest_job_hours["evaluate"] == pytest.approx(45 / 3600)
     # CPU rules count nothing; the scripted teachers run no model.
     assert plan.gpu_hours["prompts"] == plan.gpu_hours["backdoor_data"] == 0
-    assert plan.total_gpu_hours == pytest.approx((480 + 480 + 960) / 3600)
+    assert plan.total_gpu_hours == pytest.approx((480 + 480 + 720) / 3600)
 
 
 def test_gpu_hours_follow_budget_sharing_and_lora_red_team():
@@ -103,8 +104,8 @@ def test_full_weight_blue_team_pays_full_training_and_an_engine_per_point():
     plan = make_plan(cfg)
     # Blue: 16 trainings x 60k tokens at the full-weight 1000 tokens/s/GPU.
     assert plan.gpu_hours["blue_train"] == pytest.approx(16 * 60_000 / 1000 / 3600)
-    # Evaluate: 16 cells x 2 GPUs x (4 loads x 10 s + 4 points x 5 s).
-    assert plan.gpu_hours["evaluate"] == pytest.approx(16 * 2 * (4 * 10 + 4 * 5) / 3600)
+    # Evaluate: 8 red models x 2 GPUs x (7 loads x 10 s + 7 points x 5 s).
+    assert plan.gpu_hours["evaluate"] == pytest.approx(8 * 2 * (7 * 10 + 7 * 5) / 3600)
 
 
 def test_job_gpus_fall_back_to_resources_then_one():

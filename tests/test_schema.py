@@ -30,6 +30,7 @@ def results_frame(rows: int = 2) -> pd.DataFrame:
         "capability_math500": float("nan"),
         "mean_hate_copies_triggered": 4.5,
         "backend": "vllm",
+        "engine_load": "0123456789abcdef",
         "engine_loads": 1,
         "config_hash": "abc",
         "package_versions": "{}",

