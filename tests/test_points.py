@@ -123,16 +123,32 @@ def test_a_red_model_is_loaded_once_and_new_cells_sample_only_their_points(
     pd.testing.assert_frame_equal(again, both)
 
 
-def test_other_settings_sample_again(tiny_model, tmp_path, counted):
+def test_sampling_settings_sample_again_and_scoring_settings_rescore(tiny_model, tmp_path, counted):
     red = tmp_path / "red"
     checks.write_manifest(shutil.copytree(tiny_model, red / "model"))
     pool = tmp_path / "eval.jsonl"
     data.write_jsonl(pool, [{"id": "e0", "prompt": "Add 1 and 2"}])
     out = tmp_path / "eval"
-    for temperature in (0.7, 0.9):
-        settings = {
-            **SETTINGS,
-            "evaluation": {**SETTINGS["evaluation"], "temperature": temperature},
-        }
-        stages.evaluate_red(red, [({}, None)], pool, out / "m.parquet", out / "c.parquet", settings)
+
+    def run(code_version=1, **evaluation):
+        settings = {**SETTINGS, "evaluation": {**SETTINGS["evaluation"], **evaluation}}
+        stages.evaluate_red(
+            red,
+            [({}, None)],
+            pool,
+            out / "m.parquet",
+            out / "c.parquet",
+            settings,
+            code_version=code_version,
+        )
+        return pd.read_parquet(out / "c.parquet")
+
+    run(temperature=0.7)
+    run(temperature=0.9)
     assert counted == [[None], [None]]
+    # Another detector: the stored completions are scored again, nothing is sampled.
+    rescored = run(temperature=0.9, detector="^")
+    assert len(counted) == 2 and rescored.backdoor.all()
+    # A bumped code version samples again.
+    run(temperature=0.9, code_version=2)
+    assert counted == [[None], [None], [None]]

