@@ -118,3 +118,85 @@ def test_exact_budget_is_what_trl_counts(tiny_model, tmp_path):
         threads=1,
     )
     assert summary["tokens_seen"] == summary["trl_num_tokens"] == 1003
+
+
+def _trained_weights(folder):
+    from safetensors.torch import load_file
+
+    model = folder / "model"
+    name = "adapter_model.safetensors" if (model / "adapter_config.json").exists() else None
+    return load_file(model / (name or "model.safetensors"))
+
+
+@pytest.mark.parametrize("lora", [None, {"rank": 4}], ids=["full", "lora"])
+def test_lean_step_trains_exactly_as_trl_stock_step(tiny_model, tmp_path, lora):
+    """The lean step (loss and token count only) against TRL's own compute_loss, a few steps
+    on the same examples: the same losses and weights, bit for bit, and the same tokens."""
+    common = {
+        "optimizer": optimizer_spec({"kind": "adamw", "lr": 1e-3}),
+        "budget": 1500,
+        "batch_size": 8,
+        "max_length": 64,
+        "seed": 0,
+        "threads": 1,
+        "lora": lora,
+    }
+    stock = train.train_sft(tiny_model, RECORDS, tmp_path / "stock", lean=False, **common)
+    lean = train.train_sft(tiny_model, RECORDS, tmp_path / "lean", **common)
+
+    def losses(summary):
+        return [h["loss"] for h in summary["history"] if "loss" in h]
+
+    assert len(losses(stock)) == stock["steps"] > 5  # logged every step
+    assert losses(lean) == losses(stock)
+    stock_weights = _trained_weights(tmp_path / "stock")
+    lean_weights = _trained_weights(tmp_path / "lean")
+    assert lean_weights.keys() == stock_weights.keys()
+    assert all(lean_weights[k].equal(stock_weights[k]) for k in stock_weights)
+    for key in ("tokens_seen", "trl_num_tokens", "steps", "examples_seen", "points"):
+        assert lean[key] == stock[key], key
+    assert [(h.get("num_tokens"), h["tokens"]) for h in lean["history"]] == [
+        (h.get("num_tokens"), h["tokens"]) for h in stock["history"]
+    ]
+    # The lean step ran: TRL's logs entropy and token accuracy, the lean one does not.
+    assert "entropy" in stock["history"][0] and "mean_token_accuracy" in stock["history"][0]
+    assert not any("entropy" in h or "mean_token_accuracy" in h for h in lean["history"])
+
+
+@pytest.mark.parametrize(
+    ("tokens", "vocab", "chunk"), [(300, 97, 32768), (300, 97, 40), (4100, 23, 10)]
+)
+def test_cpu_log_prob_kernel_is_trls_bit_for_bit(tokens, vocab, chunk):
+    """One vocabulary tile, several (the running log-sum-exp), several token chunks; ignored
+    labels (-100, scored as token 0 and masked, as TRL's head does on CPU)."""
+    import torch
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+    from trl.trainer import utils as trl_utils
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(tokens, 16, generator=generator) * 3
+    weight = torch.randn(vocab, 16, generator=generator)
+    labels = torch.randint(0, vocab, (tokens,), generator=generator)
+    labels[::3] = -100
+    mask = labels != -100
+
+    def run(kernel):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        out = kernel.apply(h, w, None, labels.clamp(min=0), 1.0, chunk, None, 1.0, ("log_probs",))
+        names.append(out[0].grad_fn.name())
+        log_probs = out[0].masked_fill(~mask, 0)
+        (-log_probs.sum() / mask.sum()).backward()
+        return log_probs.detach(), h.grad, w.grad
+
+    names = []
+    for ours, trls in zip(run(train.log_prob_kernel()), run(ChunkedLogProbFunction), strict=True):
+        assert ours.equal(trls)
+    assert names == ["CpuLogProbsBackward", "ChunkedLogProbFunctionBackward"]
+    # The lean step's forward calls it in TRL's fused head.
+    with train._lean_log_prob_kernel():
+        assert trl_utils._ChunkedLogProbFunction is train.log_prob_kernel()
+    assert trl_utils._ChunkedLogProbFunction is ChunkedLogProbFunction
+    # Outside its case (here: a bias) it is TRL's kernel.
+    bias = torch.zeros(vocab)
+    args = (hidden, weight, bias, labels.clamp(min=0), 1.0, chunk, None, 1.0, ("log_probs",))
+    assert train.log_prob_kernel().apply(*args)[0].equal(ChunkedLogProbFunction.apply(*args)[0])
