@@ -82,6 +82,8 @@ def e2e_config() -> dict:
     cfg["exclude"] = copy.deepcopy(E2E_EXCLUDE)
     cfg["models"]["tiny"]["build"]["train_steps"] = 600
     cfg["evaluation"]["n_prompts"] = 100
+    # Placement settings reach training though they are not in the rules' params.
+    cfg["red_team"]["checkpoint_every"] = "20k"
     return cfg
 
 

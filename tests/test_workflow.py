@@ -190,3 +190,13 @@ def test_tiny_grid_end_to_end(finished_grid):
         summary = json.loads(training.read_text())
         assert summary["tokens_seen"] == summary["budget"] == 40_000
         assert summary["trl_num_tokens"] == summary["tokens_seen"]
+        # Packing (on by default) and checkpointing come from the config, outside params.
+        assert summary["packed"] is True
+        log = (
+            tmp_path
+            / "results/logs/backdoor_sft"
+            / training.parent.relative_to(tmp_path / "results/red")
+        ).with_suffix(".log")
+        assert "checkpoint saved at step" in log.read_text(), log
+    blue_runs = list((tmp_path / "results/blue").rglob("adapters/training.json"))
+    assert blue_runs and all(json.loads(p.read_text())["packed"] is True for p in blue_runs)

