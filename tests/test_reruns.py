@@ -167,10 +167,18 @@ PLACEMENT = {
         threads=2, resources={"gpu": 0, "mem_mb": 16000, "runtime": 60}
     ),
     "backdoor_sft": lambda c: c["red_team"].update(
-        threads=2, checkpoint_every="10k", checkpoint_minutes=5, gradient_checkpointing=True
+        threads=2,
+        checkpoint_every="10k",
+        checkpoint_minutes=5,
+        gradient_checkpointing=True,
+        packing=False,
     ),
     "blue_train": lambda c: c["blue_team"].update(
-        threads=2, checkpoint_every="20k", checkpoint_minutes=5, gradient_checkpointing=True
+        threads=2,
+        checkpoint_every="20k",
+        checkpoint_minutes=5,
+        gradient_checkpointing=True,
+        packing=False,
     ),
     "evaluate": lambda c: c["evaluation"].update(threads=2),
     "resources": lambda c: c["models"]["tiny"].update(
