@@ -65,7 +65,7 @@ test: setup
 	$(BIN)/python -m pytest -ra
 
 # Benchmarks (not part of `make test`): results/bench.parquet and a table. BENCH_ARGS=--quick
-# for tiny sizes; the full run takes about 15 minutes on 2 idle cores.
+# for tiny sizes; the full run takes about 30 minutes on 2 idle cores.
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
