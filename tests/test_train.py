@@ -128,6 +128,11 @@ def _trained_weights(folder):
     return load_file(model / (name or "model.safetensors"))
 
 
+def _losses(summary):
+    """The loss of every logged step."""
+    return [h["loss"] for h in summary["history"] if "loss" in h]
+
+
 @pytest.mark.parametrize("lora", [None, {"rank": 4}], ids=["full", "lora"])
 def test_lean_step_trains_exactly_as_trl_stock_step(tiny_model, tmp_path, lora):
     """The lean step (loss and token count only) against TRL's own compute_loss, a few steps
@@ -145,11 +150,8 @@ def test_lean_step_trains_exactly_as_trl_stock_step(tiny_model, tmp_path, lora):
     stock = train.train_sft(tiny_model, RECORDS, tmp_path / "stock", lean=False, **common)
     lean = train.train_sft(tiny_model, RECORDS, tmp_path / "lean", **common)
 
-    def losses(summary):
-        return [h["loss"] for h in summary["history"] if "loss" in h]
-
-    assert len(losses(stock)) == stock["steps"] > 5  # logged every step
-    assert losses(lean) == losses(stock)
+    assert len(_losses(stock)) == stock["steps"] > 5  # logged every step
+    assert _losses(lean) == _losses(stock)
     stock_weights = _trained_weights(tmp_path / "stock")
     lean_weights = _trained_weights(tmp_path / "lean")
     assert lean_weights.keys() == stock_weights.keys()
@@ -229,11 +231,8 @@ def test_packed_training_is_unpacked_training(tiny_model, tmp_path, lora):
     packed = train.train_sft(tiny_model, records, tmp_path / "packed", **common)
     assert (plain["packed"], packed["packed"]) == (False, True)
 
-    def losses(summary):
-        return [h["loss"] for h in summary["history"] if "loss" in h]
-
-    assert len(losses(packed)) == packed["steps"] > 5
-    assert losses(packed) == pytest.approx(losses(plain), rel=1e-5)
+    assert len(_losses(packed)) == packed["steps"] > 5
+    assert _losses(packed) == pytest.approx(_losses(plain), rel=1e-5)
     for key in ("tokens_seen", "trl_num_tokens", "steps", "examples_seen", "points"):
         assert packed[key] == plain[key], key
     assert packed["tokens_seen"] == packed["trl_num_tokens"] == 2000
