@@ -59,3 +59,36 @@ def test_runner_records_errors_and_writes_parquet(
     import pandas as pd
 
     assert list(pd.read_parquet(tmp_path / "bench.parquet").columns) == list(FIELDS)
+
+
+SNAKEMAKE_LOG = """\
+[Sat Nov 28 02:54:46 2026]
+rule tiny_base:
+    output: results/models/tiny/base
+    jobid: 4
+    threads: 2
+[Sat Nov 28 02:55:46 2026]
+Finished jobid: 4 (Rule: tiny_base)
+[Sat Nov 28 02:55:46 2026]
+rule backdoor_sft:
+    jobid: 7
+[Sat Nov 28 02:55:47 2026]
+localrule aggregate:
+    jobid: 9
+[Sat Nov 28 02:55:57 2026]
+Finished jobid: 9 (Rule: aggregate)
+[Sat Nov 28 02:56:06 2026]
+Finished jobid: 7 (Rule: backdoor_sft)
+"""
+
+
+def test_demo_timeline_and_idle_cores_from_the_snakemake_log() -> None:
+    assert demo.timeline(SNAKEMAKE_LOG) == [
+        ("tiny_base", 2, 0.0, 60.0),
+        ("aggregate", 1, 61.0, 71.0),
+        ("backdoor_sft", 1, 60.0, 80.0),
+    ]
+    [idle] = demo.idle_rows(SNAKEMAKE_LOG)
+    # 2 cores x 80 s, of which 2 x 60 + 20 + 10 s were used.
+    assert idle["value"] == 160 - 150 and idle["baseline"] == 160
+    assert "first training job starts at 60s" in idle["note"]
