@@ -3,7 +3,7 @@ rule blue_train:
     input:
         red=res(f"red/{RED}"),
         data=lambda wildcards: res(f"data/blue/{BLUE_DATA[wildcards.method]}.jsonl"),
-        init=pirate_adapters,
+        init=continued_adapters,
     output:
         directory(res(f"blue/{CELL}/adapters")),
     log:

