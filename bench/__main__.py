@@ -86,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench.parquet")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work directory (the demo's results, converted models) and print its path",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -94,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = run_all(list(args.only or BENCHMARKS), ctx)
     finally:
-        shutil.rmtree(ctx.workdir, ignore_errors=True)
+        if args.keep:
+            print(f"work directory kept: {ctx.workdir}")
+        else:
+            shutil.rmtree(ctx.workdir, ignore_errors=True)
     rows.append(
         row(
             "all",
