@@ -156,7 +156,9 @@ def test_a_config_that_means_the_same_schedules_nothing(finished_grid, form):
 # Per rule, every setting its params leave out (where, how fast or how often-saved it runs):
 # changing all of them at once must schedule nothing at all, aggregation included.
 PLACEMENT = {
-    "tiny_base": lambda c: c["models"]["tiny"]["build"].update(threads=2),
+    "tiny_base": lambda c: c["models"]["tiny"]["build"].update(
+        threads=c["models"]["tiny"]["build"].get("threads", 1) + 1
+    ),
     "backdoor_data": lambda c: (
         c["backdoor_data"]["teacher"].update(
             threads=2, resources={"gpu": 0, "mem_mb": 16000, "runtime": 60}
