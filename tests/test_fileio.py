@@ -135,3 +135,18 @@ def test_full_disk_parquet(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_bytes() == before and _leftovers(tmp_path) == []
     assert pd.read_parquet(path)["a"].tolist() == [1, 2]
+
+
+def test_write_text_is_atomic(tmp_path, monkeypatch):
+    out = tmp_path / "findings.md"
+    fileio.write_text(out, "| a |\n")
+    assert out.read_text() == "| a |\n"
+
+    def fail(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "fsync", fail)
+    with pytest.raises(OSError):
+        fileio.write_text(out, "| b |\n")
+    assert out.read_text() == "| a |\n"  # the old file stays whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["findings.md"]

