@@ -14,7 +14,17 @@ from typing import Any
 
 from bench.common import FIELDS, ROOT, Context, row
 
-BENCHMARKS = ("reuse", "demo", "noop", "dag", "training", "evaluation", "sharing", "memory")
+BENCHMARKS = (
+    "reuse",
+    "demo",
+    "startup",
+    "noop",
+    "dag",
+    "training",
+    "evaluation",
+    "sharing",
+    "memory",
+)
 
 
 def run_all(names: list[str], ctx: Context) -> list[dict[str, Any]]:

