@@ -39,14 +39,7 @@ def _measure(names: list[str], preload: bool) -> dict[str, Any]:
         full_passes[0] += phase == "start" and info["generation"] == 2
 
     gc.callbacks.append(count)
-    if preload:
-        _preload.libraries(names)
-    else:
-        for name in names:
-            module, _, attribute = name.partition(":")
-            imported = __import__(module, fromlist=["_"])
-            if attribute:
-                getattr(imported, attribute)
+    (_preload.libraries if preload else _preload.import_names)(names)
     return {"seconds": time.perf_counter() - t0, "full_passes": full_passes[0]}
 
 

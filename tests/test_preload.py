@@ -94,3 +94,12 @@ def test_without_the_closing_pass_garbage_made_inside_is_kept_frozen():
     gc.unfreeze()
     gc.collect()
     assert dead() is None
+
+
+def test_import_names_alone_leaves_the_collector_as_it_is():
+    gc.enable()
+    frozen_before = gc.get_freeze_count()
+    sys.modules.pop("email.mime.audio", None)
+    preload.import_names(["email.mime.audio:MIMEAudio"])
+    assert "email.mime.audio" in sys.modules
+    assert gc.isenabled() and gc.get_freeze_count() == frozen_before

