@@ -95,3 +95,17 @@ def test_every_gpu_script_checks_cuda_first():
         body = (ROOT / "workflow" / "scripts" / f"{name}.py").read_text()
         first = body.split("with to_log(snakemake.log[0]):\n", 1)[1].splitlines()[0]
         assert first.strip() == "launch.require_cuda(snakemake.resources.gpu)", name
+
+
+def test_job_deadline_is_slurms_end_time_else_the_runtime_from_now(monkeypatch):
+    import time
+
+    for name in ("SLURM_JOB_ID", "SLURM_JOB_END_TIME", "SLURM_JOB_START_TIME"):
+        monkeypatch.delenv(name, raising=False)
+    assert launch.job_deadline(60) is None  # not a Slurm job: no limit to stop before
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    assert abs(launch.job_deadline(60) - (time.time() + 3600)) < 5
+    monkeypatch.setenv("SLURM_JOB_START_TIME", "1000")
+    assert launch.job_deadline(60) == 1000 + 3600
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "5000")
+    assert launch.job_deadline(60) == 5000

@@ -112,6 +112,40 @@ def test_killed_training_resumes_and_matches(tiny_model, tmp_path, sig):
     assert not scratch.exists()
 
 
+def test_a_job_near_its_time_limit_checkpoints_stops_and_resumes_exactly(tiny_model, tmp_path):
+    budget = 2000
+    reference = uninterrupted(tiny_model, tmp_path / "reference", budget)
+    out = tmp_path / "run"
+    lines: list[str] = []
+    # Two steps and a checkpoint from now is already past the limit: it stops after step 1.
+    limited = SFTSettings(
+        optimizer=optimizer_spec({"kind": "adamw", "lr": 1e-3}),
+        budget=budget,
+        **{**RUN, "checkpoint_every": None},
+        stop_at=time.time() + 0.001,
+    )
+    with pytest.raises(train.Preempted) as stopped:
+        train.train_sft(tiny_model, RECORDS, out, limited, threads=1, log=lines.append)
+    assert stopped.value.step == 1 and stopped.value.code == 143
+    assert any("time limit is near" in line for line in lines)
+    assert not out.exists()
+    summary = uninterrupted(tiny_model, out, budget)
+    assert summary["resumed_from_step"] == 1
+    assert summary["final_loss"] == reference["final_loss"]
+    assert_same_weights(out, tmp_path / "reference")
+
+
+def test_deadline_timing_leaves_two_steps_and_the_slowest_checkpoint():
+    timing = train.DeadlineTiming()
+    assert not timing.must_stop(None, 0.0)
+    timing.stepped(10.0)
+    assert timing.must_stop(100.0, 100.0 - 34.0)  # 2 x 10 + 1.5 x 10 (no checkpoint yet) = 35
+    assert not timing.must_stop(100.0, 100.0 - 36.0)
+    timing.saving(0.0)
+    timing.saved(40.0)  # a 40 s checkpoint: 20 + 60 = 80 s needed
+    assert timing.must_stop(100.0, 100.0 - 79.0) and not timing.must_stop(100.0, 100.0 - 81.0)
+
+
 def test_scratch_of_another_run_is_not_resumed(tiny_model, tmp_path):
     out = tmp_path / "run"
     scratch = out.with_name(f".{out.name}.scratch")

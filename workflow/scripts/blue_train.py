@@ -19,7 +19,10 @@ with to_log(snakemake.log[0]):
                 "init_adapters": snakemake.input.init or None,
                 "threads": snakemake.threads,
                 # Checkpointing, packing: not in params, so changing them reruns nothing.
-                "placement": snakemake.config["blue_team"],
+                "placement": {
+                    **snakemake.config["blue_team"],
+                    "stop_at": launch.job_deadline(snakemake.resources.runtime),
+                },
             },
             processes=snakemake.resources.gpu,
         ),
