@@ -28,7 +28,7 @@ def test_full_finetune_stops_at_exact_budget(tiny_model, tmp_path, kind):
         threads=1,
     )
     assert summary["tokens_seen"] == 1500
-    assert summary["trl_num_tokens"] == pytest.approx(1500, abs=0.01 * 1500)
+    assert summary["trl_num_tokens"] == 1500
     assert summary["optimizer"]["kind"] == kind
     written = json.loads((out / "training.json").read_text())
     assert written["tokens_seen"] == 1500 and written["steps"] == summary["steps"]

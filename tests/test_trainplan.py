@@ -50,6 +50,21 @@ def test_plan_stops_at_exactly_the_budget():
     assert list(plan.step_tokens) == sorted(plan.step_tokens)
 
 
+def test_the_last_round_is_full_on_any_process_count_and_the_budget_exact():
+    # accelerate would repeat examples to give every process a batch in a short last round.
+    examples = _examples(7, 11, 13, 5, 9, 6)
+    two = plan_training(examples, _settings(budget=101, batch_size=4), 2)
+    one = plan_training(examples, _settings(budget=101, batch_size=8), 1)
+    for plan in (two, one):
+        assert len(plan.stream.examples) % 8 == 0
+        assert plan.stream.tokens == plan.step_tokens[-1] == 101
+        assert sum(len(e["input_ids"]) for e in plan.stream.examples) == 101
+        assert all(e["input_ids"] for e in plan.stream.examples)
+    assert two.stream.examples == one.stream.examples and two.step_tokens == one.step_tokens
+    with pytest.raises(ValueError, match="cannot give each of the 64 sequences"):
+        plan_training(examples, _settings(budget=40, batch_size=32), 2)
+
+
 def test_a_shorter_shared_budget_is_the_first_steps_of_a_longer_one():
     examples = _examples(7, 11, 13, 5, 9)
     shared = {"exact_budget": False, "batch_size": 2, "grad_accum": 2}
