@@ -99,10 +99,12 @@ def test_adamw_over_fsdp_matches_one_process(tiny_model, backdoor_file, tmp_path
     # Publishing by gather gives the same tensors as one process (the tied LM head once).
     assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype for k in a)
     assert all(not torch.equal(a[k], start[k]) for k in a), "a tensor did not train"
-    # Measured: at most 3e-6 of the update, 3e-5 of the loss.
+    # Measured: 4.7e-6 of the update, 4.8e-7 of the loss.
     worst = max(relative_distances(a, b, start).values())
+    loss_gap = max(abs(x - y) for x, y in zip(losses(fsdp), losses(one), strict=True))
+    print(f"AdamW FSDP vs one process: weights {worst:.2e} of the update, loss {loss_gap:.2e}")
     assert worst < 1e-4, worst
-    assert max(abs(x - y) for x, y in zip(losses(fsdp), losses(one), strict=True)) < 1e-4
+    assert loss_gap < 1e-4
     assert (tmp_path / "fsdp" / "model" / "checksums.json").exists()
 
 
@@ -133,6 +135,10 @@ def test_sharded_soap_over_fsdp_matches_one_process(tiny_model, backdoor_file, t
 
     # Measured (squared norms summed over tensors): FSDP vs one process 0.036, another data
     # order 0.117, the update itself 0.432.
+    print(
+        f"ShardedSOAP FSDP vs one process: loss {max(diffs):.2e}; squared weight distance "
+        f"{squared(a, b):.3f} (other data order {squared(c, b):.3f}, update {squared(b, start):.3f})"
+    )
     assert squared(a, b) < squared(c, b) and squared(a, b) < 0.25 * squared(b, start)
 
 
@@ -223,7 +229,9 @@ def test_lora_blue_team_over_fsdp_matches_one_process(tiny_model, tmp_path):
         b = load_file(tmp_path / "one" / folder / "adapter_model.safetensors")
         assert a.keys() == b.keys() and a
         assert (tmp_path / "fsdp" / folder / "checksums.json").exists()
-        # lora_B starts at zero: every B moved, and the adapters agree (measured: 1e-6).
+        # lora_B starts at zero: every B moved, and the adapters agree.
+        gap = max(float((a[k] - b[k]).abs().max()) for k in a)
+        print(f"LoRA {folder} FSDP vs one process: max |difference| {gap:.2e}")
         for k in a:
             assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5), k
             if "lora_B" in k:
