@@ -44,6 +44,23 @@ def test_schema_error_names_key():
     assert any(p.startswith("optimizers.adamw.lr") for p in problems), problems
 
 
+def test_non_finite_and_implausible_numbers_are_refused_naming_the_key():
+    cfg = yaml.safe_load(
+        (ROOT / "config" / "tiny.yaml")
+        .read_text()
+        .replace("temperature: 0.7", "temperature: .nan", 1)
+    )
+    assert cfg["evaluation"]["temperature"] != cfg["evaluation"]["temperature"]  # NaN
+    cfg["optimizers"]["adamw"]["lr"] = float("inf")
+    cfg["grid"]["blue_lr"] = [1000.0]
+    cfg["results_dir"] = "/"
+    problems = _problems(cfg)
+    assert "evaluation.temperature: nan is not a finite number" in problems, problems
+    assert "optimizers.adamw.lr: inf is not a finite number" in problems, problems
+    assert any(p.startswith("grid.blue_lr.0: learning rate 1000.0 is above 1") for p in problems)
+    assert any(p.startswith("results_dir: '/' is the filesystem root") for p in problems)
+
+
 def test_all_errors_reported_together():
     cfg = raw()
     cfg["grid"]["model"] = ["llama"]

