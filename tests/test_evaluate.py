@@ -167,7 +167,6 @@ def test_hf_adapters_change_outputs(hf_result: GenerationResult) -> None:
 
 
 @pytest.mark.vllm
-@pytest.mark.skipif(not backend_available("vllm"), reason="vllm is not installed")
 def test_vllm_matches_hf_greedy(
     tiny_chat: dict[str, Path], adapters: list[Adapter | None], hf_result: GenerationResult
 ) -> None:
